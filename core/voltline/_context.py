@@ -1,0 +1,391 @@
+"""The emit API: `rollout()`, `span()`, `emit_*`, carried through `contextvars`.
+
+Everything here runs on the agent's path, so nothing here raises into the agent once a
+rollout is open: failures are logged and counted (`voltline.emitter_stats()`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import itertools
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
+
+from ._emitter import get_emitter
+from ._store import Store, connect
+
+__all__ = [
+    "RolloutContext",
+    "SpanHandle",
+    "bind_context",
+    "current_rollout",
+    "emit_exception",
+    "emit_llm",
+    "emit_message",
+    "emit_reward",
+    "emit_tool",
+    "emitter_stats",
+    "flush",
+    "rollout",
+    "span",
+]
+
+log = logging.getLogger("voltline.emit")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass
+class RolloutContext:
+    """The rollout and attempt that spans emitted here belong to."""
+
+    store: Store
+    rollout_id: str
+    attempt_id: str
+    resources: dict[str, int] = field(default_factory=dict)
+    _sequence: Iterator[int] = field(default_factory=itertools.count, repr=False)
+
+
+@dataclass
+class SpanHandle:
+    """An open span from `voltline.span(...)`; add attributes with `set()`."""
+
+    span_id: str
+    name: str
+    kind: str
+    attributes: dict[str, Any]
+
+    def set(self, key: str, value: Any) -> None:
+        self.attributes[key] = value
+
+
+_rollout: contextvars.ContextVar[RolloutContext | None] = contextvars.ContextVar("voltline_rollout", default=None)
+_parent: contextvars.ContextVar[str | None] = contextvars.ContextVar("voltline_span", default=None)
+_default_store: Store | None = None
+_warned_outside = False
+
+
+def current_rollout() -> RolloutContext | None:
+    """The rollout spans emitted here would join, or None outside any rollout."""
+    return _rollout.get()
+
+
+def _store_for(store: Store | str | None) -> Store:
+    global _default_store
+    if isinstance(store, Store):
+        return store
+    if store is not None:
+        return connect(store)
+    if _default_store is None:
+        _default_store = connect()
+    return _default_store
+
+
+@contextmanager
+def rollout(
+    task: Any = None,
+    *,
+    store: Store | str | None = None,
+    rollout_id: str | None = None,
+    attempt_id: str | None = None,
+    worker_id: str | None = None,
+    resources: Mapping[str, int] | None = None,
+    **options: Any,
+) -> Iterator[RolloutContext]:
+    """Run a block as one rollout; spans emitted inside (any thread or task) attach to it.
+
+    Without ids this creates a rollout for `task` and its first attempt, and on leaving marks
+    the attempt succeeded (or failed, if the block raised). With `rollout_id` and
+    `attempt_id` it joins an attempt a Runner claimed and leaves finishing to the Runner.
+    `options` are `Store.enqueue`'s (mode, timeout, heartbeat_timeout, max_attempts,
+    metadata). `store` is a Store or a URL; the default is `voltline.connect()`. Spans are
+    flushed to the store on leaving.
+    """
+    target = _store_for(store)
+    owned = attempt_id is None
+    if owned:
+        if rollout_id is not None:
+            raise ValueError("to join a rollout pass both rollout_id and attempt_id")
+        claim = target.start_rollout(task, worker_id=worker_id or f"pid-{os.getpid()}", **options)
+        rollout_id, attempt_id = claim.rollout.rollout_id, claim.attempt.attempt_id
+    elif rollout_id is None:
+        raise ValueError("attempt_id given without rollout_id")
+    if resources:
+        target.record_resources(rollout_id, dict(resources))
+    ctx = RolloutContext(target, rollout_id, attempt_id, dict(resources or {}))
+    rollout_token = _rollout.set(ctx)
+    parent_token = _parent.set(None)
+    error: BaseException | None = None
+    try:
+        yield ctx
+    except BaseException as exc:
+        error = exc
+        emit_exception(exc)
+        raise
+    finally:
+        _parent.reset(parent_token)
+        _rollout.reset(rollout_token)
+        get_emitter().flush()
+        if owned:
+            _finish(ctx, error)
+
+
+def _finish(ctx: RolloutContext, error: BaseException | None) -> None:
+    try:
+        if error is None:
+            ctx.store.finish_attempt(ctx.attempt_id, "succeeded")
+        else:
+            ctx.store.finish_attempt(ctx.attempt_id, "failed", f"{type(error).__name__}: {error}")
+    except Exception as exc:
+        get_emitter().count("capture_errors")
+        log.error("voltline: could not finish attempt %s: %s", ctx.attempt_id, exc)
+
+
+def _emit(
+    kind: str,
+    name: str,
+    attributes: dict[str, Any],
+    *,
+    start_time: float | None = None,
+    end_time: float | None = None,
+    status: str = "ok",
+    span_id: str | None = None,
+    parent_id: str | None = None,
+) -> str | None:
+    ctx = _rollout.get()
+    emitter = get_emitter()
+    if ctx is None:
+        global _warned_outside
+        emitter.count("outside_rollout")
+        if not _warned_outside:
+            _warned_outside = True
+            log.warning(
+                "voltline: %s span %r emitted outside any rollout was not recorded; wrap the agent "
+                "run in `with voltline.rollout(task):` (counted in emitter_stats()['outside_rollout'])",
+                kind,
+                name,
+            )
+        return None
+    now = time.time()
+    span_id = span_id or os.urandom(8).hex()
+    emitter.submit(
+        ctx.store,
+        {
+            "span_id": span_id,
+            "rollout_id": ctx.rollout_id,
+            "attempt_id": ctx.attempt_id,
+            "parent_id": parent_id if parent_id is not None else _parent.get(),
+            "sequence": next(ctx._sequence),
+            "kind": kind,
+            "name": name,
+            "start_time": now if start_time is None else start_time,
+            "end_time": now if end_time is None else end_time,
+            "status": status,
+            "attributes": attributes,
+            "resources": ctx.resources,
+        },
+    )
+    return span_id
+
+
+def _guarded(fn: Callable[P, T]) -> Callable[P, T | None]:
+    """Capture code never raises into the agent: log, count, return None."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T | None:
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            get_emitter().count("capture_errors")
+            log.exception("voltline: %s failed; the agent goes on", fn.__name__)
+            return None
+
+    return wrapper
+
+
+def _drop_none(attributes: dict[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    out = {k: v for k, v in attributes.items() if v is not None}
+    if extra:
+        out.update(extra)
+    return out
+
+
+@_guarded
+def emit_llm(
+    *,
+    model: str | None = None,
+    input_messages: Any = None,
+    output_messages: Any = None,
+    prompt_token_ids: list[int] | None = None,
+    response_token_ids: list[int] | None = None,
+    response_logprobs: list[float] | None = None,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
+    response_id: str | None = None,
+    name: str | None = None,
+    start_time: float | None = None,
+    end_time: float | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> str | None:
+    """Record one LLM call (OpenTelemetry GenAI names plus exact token ids). Returns the span id."""
+    attrs = _drop_none(
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": model,
+            "gen_ai.input.messages": input_messages,
+            "gen_ai.output.messages": output_messages,
+            "gen_ai.usage.input_tokens": input_tokens,
+            "gen_ai.usage.output_tokens": output_tokens,
+            "gen_ai.response.id": response_id,
+            "prompt_token_ids": prompt_token_ids,
+            "response_token_ids": response_token_ids,
+            "response_logprobs": response_logprobs,
+        },
+        attributes,
+    )
+    return _emit("llm", name or f"chat {model or 'unknown'}", attrs, start_time=start_time, end_time=end_time)
+
+
+@_guarded
+def emit_tool(
+    name: str,
+    *,
+    arguments: Any = None,
+    result: Any = None,
+    call_id: str | None = None,
+    error: str | None = None,
+    start_time: float | None = None,
+    end_time: float | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> str | None:
+    """Record one tool call. Returns the span id."""
+    attrs = _drop_none(
+        {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": name,
+            "gen_ai.tool.call.id": call_id,
+            "gen_ai.tool.call.arguments": arguments,
+            "gen_ai.tool.call.result": result,
+            "error.message": error,
+        },
+        attributes,
+    )
+    return _emit(
+        "tool", f"execute_tool {name}", attrs, start_time=start_time, end_time=end_time,
+        status="error" if error else "ok",
+    )  # fmt: skip
+
+
+@_guarded
+def emit_message(
+    content: Any,
+    *,
+    role: str | None = None,
+    sender: str | None = None,
+    recipient: str | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> str | None:
+    """Record one message between agents, or between the user and an agent."""
+    attrs = _drop_none(
+        {"message.content": content, "message.role": role, "message.sender": sender,
+         "message.recipient": recipient},
+        attributes,
+    )  # fmt: skip
+    return _emit("message", f"message {sender or role or ''}".strip(), attrs)
+
+
+@_guarded
+def emit_reward(
+    value: float,
+    name: str | None = None,
+    span: str | SpanHandle | None = None,
+    *,
+    primary: bool | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> str | None:
+    """Record a reward. `name` tells several rewards apart (the unnamed one is primary unless
+    `primary` says otherwise); `span` is the span (id or handle) the reward is for."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"reward value must be a number, got {type(value).__name__}")
+    target = span.span_id if isinstance(span, SpanHandle) else span
+    attrs = _drop_none(
+        {"reward.value": float(value), "reward.name": name,
+         "reward.primary": primary if primary is not None else name is None, "reward.span_id": target},
+        attributes,
+    )  # fmt: skip
+    return _emit("reward", f"reward {name}" if name else "reward", attrs)
+
+
+@_guarded
+def emit_exception(exc: BaseException, *, attributes: Mapping[str, Any] | None = None) -> str | None:
+    """Record an exception (OpenTelemetry `exception.*` names)."""
+    attrs = _drop_none(
+        {
+            "exception.type": type(exc).__qualname__,
+            "exception.message": str(exc),
+            "exception.stacktrace": "".join(traceback.format_exception(exc)),
+        },
+        attributes,
+    )
+    return _emit("exception", type(exc).__qualname__, attrs, status="error")
+
+
+@contextmanager
+def span(name: str, kind: str = "custom", **attributes: Any) -> Iterator[SpanHandle]:
+    """A span around a block; spans emitted inside become its children.
+
+    Yields a `SpanHandle` for adding attributes. The span is recorded when the block
+    ends, marked `error` if the block raised; the exception itself propagates unchanged.
+    """
+    handle = SpanHandle(os.urandom(8).hex(), name, kind, dict(attributes))
+    parent_id = _parent.get()
+    token = _parent.set(handle.span_id)
+    start = time.time()
+    status = "ok"
+    try:
+        yield handle
+    except BaseException as exc:
+        status = "error"
+        handle.attributes.setdefault("exception.type", type(exc).__qualname__)
+        handle.attributes.setdefault("exception.message", str(exc))
+        raise
+    finally:
+        _parent.reset(token)
+        _guarded(_emit)(
+            kind, name, handle.attributes, start_time=start, status=status,
+            span_id=handle.span_id, parent_id=parent_id,
+        )  # fmt: skip
+
+
+def bind_context(fn: Callable[P, T]) -> Callable[P, T]:
+    """Bind `fn` to the current rollout and span, for thread pools.
+
+    `contextvars` flow into asyncio tasks by themselves but not into threads a pool already
+    started: `pool.submit(voltline.bind_context(work), x)` makes `work`'s spans land in this
+    rollout, under the current span.
+    """
+    captured = contextvars.copy_context()
+
+    @functools.wraps(fn)
+    def bound(*args: P.args, **kwargs: P.kwargs) -> T:
+        # A Context can only be entered by one thread at a time: run each call in a copy.
+        return captured.copy().run(fn, *args, **kwargs)
+
+    return bound
+
+
+def flush(timeout: float | None = 30.0) -> bool:
+    """Wait until every span emitted so far is durable in its store. False on timeout."""
+    return get_emitter().flush(timeout)
+
+
+def emitter_stats() -> dict[str, int]:
+    """Counters of the span pipeline: emitted, written, dropped, invalid, ... (see Emitter.stats)."""
+    return get_emitter().stats()

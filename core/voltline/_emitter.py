@@ -1,0 +1,245 @@
+"""The span pipeline behind every `emit_*` call: a bounded buffer and one writer thread.
+
+The agent's thread only appends a tuple to a deque (no locks, no I/O). A daemon writer
+drains the buffer in batches, validates each span, and writes each batch to its store in
+one transaction. Nothing is dropped silently: overflow, invalid spans and failed writes are
+counted, logged, and readable through `stats()`. Processor/exporter split as in the
+OpenTelemetry SDK: this module batches; the `Store` decides where data goes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import dataclasses
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from ._errors import InvalidInput
+from ._models import Span
+from ._store import Store
+
+__all__ = ["Emitter", "get_emitter"]
+
+log = logging.getLogger("voltline.emit")
+
+_COUNTERS = (
+    "emitted", "written", "dropped", "invalid", "coerced", "write_errors", "capture_errors",
+    "outside_rollout",
+)  # fmt: skip
+
+
+class Emitter:
+    """Buffers spans from any thread and writes them in batches from one background thread.
+
+    `max_buffer` bounds memory when the store is slower than the agent: past it, new spans
+    are dropped and counted (never blocking the agent). `flush()` waits for durability.
+    """
+
+    def __init__(self, max_buffer: int = 100_000, batch_size: int = 2_000, interval: float = 0.2) -> None:
+        self.max_buffer = max_buffer
+        self.batch_size = batch_size
+        self.interval = interval
+        self._init_state()
+        atexit.register(self._at_exit)
+        os.register_at_fork(after_in_child=self._init_state)
+
+    def _init_state(self) -> None:
+        # Also run in a forked child: the parent's buffer is the parent's to write, and the
+        # parent's writer thread does not exist here.
+        self._buffer: deque[tuple[Store, dict[str, Any]]] = deque()
+        self._lock = threading.Lock()  # keeps counters exact across agent threads; held for ~100ns
+        self._counts = dict.fromkeys(_COUNTERS, 0)
+        self._processed = 0  # spans taken off the buffer and settled (written or given up on)
+        self._settled = threading.Condition()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned_drop = False
+
+    # agent side ------------------------------------------------------------------------
+    def submit(self, store: Store, span: dict[str, Any]) -> bool:
+        """Queue one span (a dict of `Span` fields). Never blocks on I/O, never raises."""
+        with self._lock:
+            if len(self._buffer) >= self.max_buffer:
+                self._counts["dropped"] += 1
+                full = True
+            else:
+                self._buffer.append((store, span))
+                self._counts["emitted"] += 1
+                full = False
+        if full:
+            if not self._warned_drop:
+                self._warned_drop = True
+                log.warning(
+                    "voltline: span buffer full (%d spans); dropping new spans until the store "
+                    "catches up. See voltline.emitter_stats()['dropped'].",
+                    self.max_buffer,
+                )
+            return False
+        if self._thread is None:
+            self._start()
+        elif len(self._buffer) >= self.batch_size:
+            self._wake.set()
+        return True
+
+    def count(self, counter: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[counter] += n
+
+    def stats(self) -> dict[str, int]:
+        """Counters since start: emitted, written, dropped (buffer full), invalid (rejected by
+        validation), coerced (non-JSON values stored as text), write_errors, capture_errors
+        (exceptions inside capture code) and outside_rollout (emits with no rollout)."""
+        return {**self._counts, "buffered": len(self._buffer)}
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until every span emitted before this call is durable in its store (or given
+        up on and counted). Returns False if that did not happen within `timeout` seconds."""
+        target = self._counts["emitted"]
+        if self._processed >= target:
+            return True
+        if self._thread is None:
+            self._start()
+        self._wake.set()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._settled:
+            while self._processed < target:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    log.warning(
+                        "voltline: flush timed out with %d spans not yet durable", target - self._processed
+                    )
+                    return False
+                self._settled.wait(remaining if remaining is None else min(remaining, 0.5))
+        return True
+
+    def _start(self) -> None:
+        with self._settled:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="voltline-writer", daemon=True)
+                self._thread.start()
+
+    def _at_exit(self) -> None:
+        if self._counts["emitted"] > self._processed and not self.flush(timeout=30):
+            log.error("voltline: exiting with %d spans not written", self._counts["emitted"] - self._processed)
+        if self._counts["dropped"]:
+            log.warning("voltline: %d spans were dropped because the buffer was full", self._counts["dropped"])
+
+    # writer side -----------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            while self._buffer:
+                batch = []
+                while self._buffer and len(batch) < self.batch_size:
+                    batch.append(self._buffer.popleft())
+                try:
+                    self._write(batch)
+                except Exception:  # the writer must survive anything
+                    log.exception("voltline: span writer failed on a batch of %d", len(batch))
+                    self.count("write_errors", len(batch))
+                with self._settled:
+                    self._processed += len(batch)
+                    self._settled.notify_all()
+
+    def _write(self, batch: list[tuple[Store, dict[str, Any]]]) -> None:
+        by_store: dict[int, tuple[Store, list[Span]]] = {}
+        for store, fields in batch:
+            span = self._validate(fields)
+            if span is not None:
+                by_store.setdefault(id(store), (store, []))[1].append(span)
+        for store, spans in by_store.values():
+            self._write_to(store, spans)
+
+    def _validate(self, fields: dict[str, Any]) -> Span | None:
+        try:
+            return Span.model_validate(fields)
+        except Exception as exc:
+            self.count("invalid")
+            log.warning("voltline: dropped invalid span %r: %s", fields.get("name"), exc)
+            return None
+
+    def _write_to(self, store: Store, spans: list[Span]) -> None:
+        delay = 0.1
+        for attempt in range(8):  # about 25 s of retries for a store that is briefly down
+            try:
+                store.add_spans(spans)
+                self.count("written", len(spans))
+                return
+            except InvalidInput:
+                self._write_one_by_one(store, spans)
+                return
+            except Exception as exc:
+                if attempt == 7:
+                    self.count("write_errors", len(spans))
+                    log.error("voltline: gave up writing %d spans to %s: %s", len(spans), store.url, exc)
+                    return
+                log.warning("voltline: store write failed (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _write_one_by_one(self, store: Store, spans: list[Span]) -> None:
+        # A batch is rejected whole; find the bad spans so the good ones still land.
+        for span in spans:
+            try:
+                store.add_spans([span])
+                self.count("written")
+                continue
+            except InvalidInput:
+                pass
+            except Exception as exc:
+                self.count("write_errors")
+                log.error("voltline: could not write span %r: %s", span.name, exc)
+                continue
+            coerced = span.model_copy(update={"attributes": _jsonable(span.attributes)})
+            try:
+                store.add_spans([coerced])
+                self.count("written")
+                self.count("coerced")
+                log.warning("voltline: span %r had non-JSON attribute values; stored them as text", span.name)
+            except Exception as exc:
+                self.count("invalid")
+                log.warning("voltline: dropped span %r the store refused: %s", span.name, exc)
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON-safe copy of `value`: objects the agent passed become dicts or text."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode()
+    if hasattr(value, "model_dump"):
+        try:
+            return _jsonable(value.model_dump(mode="json"))
+        except Exception:
+            pass
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    return repr(value)
+
+
+_emitter: Emitter | None = None
+_emitter_lock = threading.Lock()
+
+
+def get_emitter() -> Emitter:
+    """The process-wide emitter every `emit_*` call and plugin writes through."""
+    global _emitter
+    if _emitter is None:
+        with _emitter_lock:
+            if _emitter is None:
+                _emitter = Emitter()
+    return _emitter

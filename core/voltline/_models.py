@@ -1,0 +1,209 @@
+"""The data model: what the store keeps and what the API hands out.
+
+These are plain pydantic models (validated, JSON-friendly). How they are laid out in a
+database lives in `_schema.py`; the two are kept apart because the stored form packs
+JSON into text columns and keeps artifacts once per content hash.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "MAX_ATTRIBUTES_BYTES",
+    "Attempt",
+    "AttemptStatus",
+    "Claim",
+    "Mode",
+    "ResourceKind",
+    "ResourceVersion",
+    "Rollout",
+    "RolloutStatus",
+    "Span",
+    "SpanKind",
+    "SpanStatus",
+    "dump_json",
+]
+
+# A span is one record, not a blob store: token ids of a 100k-token prompt fit well under this.
+MAX_ATTRIBUTES_BYTES = 8 * 1024 * 1024
+
+
+class RolloutStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (RolloutStatus.SUCCEEDED, RolloutStatus.FAILED, RolloutStatus.CANCELLED)
+
+
+class AttemptStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    UNRESPONSIVE = "unresponsive"
+    CANCELLED = "cancelled"
+
+
+class Mode(StrEnum):
+    TRAIN = "train"
+    VAL = "val"
+    TEST = "test"
+
+
+class SpanKind(StrEnum):
+    LLM = "llm"
+    TOOL = "tool"
+    AGENT = "agent"
+    CHAIN = "chain"
+    RETRIEVER = "retriever"
+    MESSAGE = "message"
+    REWARD = "reward"
+    EXCEPTION = "exception"
+    CUSTOM = "custom"
+
+
+class SpanStatus(StrEnum):
+    OK = "ok"
+    ERROR = "error"
+
+
+class ResourceKind(StrEnum):
+    PROMPT_TEMPLATE = "prompt_template"
+    LLM = "llm"
+    LORA_ADAPTER = "lora_adapter"
+    FEW_SHOT = "few_shot"
+    JSON = "json"
+
+
+def dump_json(value: Any, what: str, limit: int | None = None) -> str:
+    """Serialize `value` strictly (no NaN, no arbitrary objects) or raise ValueError naming `what`."""
+    try:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be JSON-serializable: {exc}") from None
+    if limit is not None and len(text) > limit:
+        raise ValueError(f"{what} is {len(text):,} bytes as JSON; the limit is {limit:,}")
+    return text
+
+
+def _enum_value(enum: type[StrEnum], value: Any) -> Any:
+    if isinstance(value, str) and not isinstance(value, enum):
+        try:
+            return enum(value)
+        except ValueError:
+            choices = ", ".join(m.value for m in enum)
+            raise ValueError(f"unknown {enum.__name__} {value!r}; expected one of: {choices}") from None
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+class Rollout(_Model):
+    """One task run to optimize, possibly over several attempts."""
+
+    rollout_id: str
+    input: Any = None
+    mode: Mode = Mode.TRAIN
+    status: RolloutStatus = RolloutStatus.QUEUED
+    timeout: float | None = Field(default=None, description="seconds an attempt may run")
+    heartbeat_timeout: float | None = Field(default=None, description="seconds without a heartbeat")
+    max_attempts: int = 1
+    num_attempts: int = 0
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    resources: dict[str, int] = Field(default_factory=dict, description="resource versions it ran with")
+    error: str | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class Attempt(_Model):
+    """One execution of a rollout by one worker."""
+
+    attempt_id: str
+    rollout_id: str
+    number: int
+    worker_id: str | None = None
+    status: AttemptStatus = AttemptStatus.RUNNING
+    started_at: float
+    last_heartbeat: float
+    finished_at: float | None = None
+    error: str | None = None
+
+
+class Claim(_Model):
+    """What a worker gets when it claims a rollout: the rollout and its fresh attempt."""
+
+    rollout: Rollout
+    attempt: Attempt
+
+
+class Span(_Model):
+    """One captured operation (an LLM call, a tool call, an agent step, a reward, ...).
+
+    Times are Unix seconds. `sequence` orders spans within an attempt; when it is None the
+    store assigns the next number. LLM spans use the OpenTelemetry GenAI attribute names.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    span_id: str = Field(min_length=1, max_length=64)
+    rollout_id: str = Field(min_length=1, max_length=64)
+    attempt_id: str = Field(min_length=1, max_length=64)
+    parent_id: str | None = Field(default=None, max_length=64)
+    sequence: int | None = Field(default=None, ge=0)
+    kind: SpanKind
+    name: str = Field(min_length=1, max_length=512)
+    start_time: float
+    end_time: float | None = None
+    status: SpanStatus = SpanStatus.OK
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    resources: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _kind_from_str(cls, value: Any) -> Any:
+        # strict mode refuses the plain strings everyone writes ("llm"); accept those, and
+        # name the valid choices when the string is wrong.
+        return _enum_value(SpanKind, value)
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _status_from_str(cls, value: Any) -> Any:
+        return _enum_value(SpanStatus, value)
+
+    @field_validator("start_time", "end_time", mode="before")
+    @classmethod
+    def _finite_time(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("must be a finite number of Unix seconds")
+        return value
+
+
+class ResourceVersion(_Model):
+    """One immutable version of a named resource (prompt template, LoRA adapter, ...)."""
+
+    name: str
+    version: int
+    kind: ResourceKind
+    payload: Any = None
+    artifact_hash: str | None = Field(default=None, description="sha256 of the binary artifact")
+    artifact_size: int | None = None
+    created_at: float
+    created_by: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
