@@ -27,6 +27,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    literal,
     or_,
     select,
     update,
@@ -452,7 +453,8 @@ class SqlStore(Store):
             extracted = func.json_extract(R.c.metadata, path)
             return extracted == (int(value) if isinstance(value, bool) else value)
         # PostgreSQL: jsonb equality is exact for every scalar type.
-        return cast(R.c.metadata, JSONB).op("->")(key) == cast(json.dumps(value), JSONB)
+        # (the right side is bound as JSONB, so SQLAlchemy serializes the value itself)
+        return cast(R.c.metadata, JSONB)[key] == literal(value, JSONB)
 
     def wait(self, rollout_ids: Sequence[str], timeout: float | None = None) -> list[Rollout]:
         ids = list(rollout_ids)
