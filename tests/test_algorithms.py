@@ -6,6 +6,7 @@ Entry-point and hook discovery use the installed test distribution
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -73,6 +74,19 @@ def test_entry_point_algorithm_is_discovered() -> None:
     assert info.source == "entry point voltline-testdist"
     assert info.class_path == "voltline_testdist.algo:EchoAlgorithm"
     assert info.error is None
+
+
+def test_broken_entry_point_is_reported_and_the_rest_still_load(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="voltline.plugins"):
+        infos = algorithms.available()
+    broken = infos["testdist-broken-algo"]
+    assert broken.cls is None
+    assert broken.class_path == "voltline_testdist.broken:Missing"
+    assert broken.error == "ImportError: voltline_testdist.broken is broken on purpose"
+    assert any("testdist-broken-algo" in r.getMessage() for r in caplog.records)
+    assert infos["testdist-ep"].cls is EchoAlgorithm
+    with pytest.raises(algorithms.AlgorithmLoadError, match="broken on purpose"):
+        algorithms.get("testdist-broken-algo")
 
 
 def test_hook_algorithm_is_discovered() -> None:

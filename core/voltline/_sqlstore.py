@@ -49,6 +49,8 @@ from ._models import (
     Rollout,
     RolloutStatus,
     Span,
+    SpanKind,
+    SpanStatus,
     dump_json,
 )
 from ._schema import ArtifactRow, AttemptRow, ResourceRow, RolloutRow, SpanRow
@@ -175,8 +177,8 @@ class SqlStore(Store):
         m = row._mapping
         return Span.model_construct(
             span_id=m["span_id"], rollout_id=m["rollout_id"], attempt_id=m["attempt_id"],
-            parent_id=m["parent_id"], sequence=m["sequence"], kind=m["kind"], name=m["name"],
-            start_time=m["start_time"], end_time=m["end_time"], status=m["status"],
+            parent_id=m["parent_id"], sequence=m["sequence"], kind=SpanKind(m["kind"]), name=m["name"],
+            start_time=m["start_time"], end_time=m["end_time"], status=SpanStatus(m["status"]),
             attributes=json.loads(m["attributes"]), resources=json.loads(m["resources"]),
         )  # fmt: skip
 

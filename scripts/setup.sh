@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Sets up ./.venv on a fresh machine: torch 2.13.0 (CPU) first, so nothing later pulls a
+# multi-GB CUDA build, then every workspace distribution in editable mode. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv with $($python --version)"
+  "$python" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+
+if ! .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null; then
+  echo "==> installing torch 2.13.0 (CPU)"
+  "${pip[@]}" torch==2.13.0
+fi
+
+# Every distribution in the workspace: core first, then plugins and algorithm packages.
+dists=(core)
+for d in plugins/*/ algorithms/*/; do
+  [ -f "$d/pyproject.toml" ] && dists+=("${d%/}")
+done
+echo "==> installing ${dists[*]} (editable)"
+editable=()
+for d in "${dists[@]}"; do editable+=(-e "$d"); done
+"${pip[@]}" "${editable[@]}"
+
+if [ "${1:-}" = "--dev" ]; then
+  echo "==> installing test tools and the test distribution"
+  "${pip[@]}" -r requirements-dev.txt -e tests/fixtures/voltline-testdist
+fi
