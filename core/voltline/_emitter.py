@@ -155,8 +155,19 @@ class Emitter:
             span = self._validate(fields)
             if span is not None:
                 by_store.setdefault(id(store), (store, []))[1].append(span)
-        for store, spans in by_store.values():
-            self._write_to(store, spans)
+        written = [span for store, spans in by_store.values() for span in self._write_to(store, spans)]
+        if written:
+            self._export(written)
+
+    def _export(self, spans: list[Span]) -> None:
+        # Exporters observe spans only once they are durable, so they can never cost training data.
+        from ._plugins import exporters
+
+        for exporter in exporters():
+            try:
+                exporter.export(spans)
+            except Exception:
+                log.exception("voltline: exporter %r failed; the spans are safe in the store", exporter)
 
     def _validate(self, fields: dict[str, Any]) -> Span | None:
         try:
@@ -166,31 +177,33 @@ class Emitter:
             log.warning("voltline: dropped invalid span %r: %s", fields.get("name"), exc)
             return None
 
-    def _write_to(self, store: Store, spans: list[Span]) -> None:
+    def _write_to(self, store: Store, spans: list[Span]) -> list[Span]:
+        """Write `spans` to `store`, retrying while it is down; returns the spans written."""
         delay = 0.1
         for attempt in range(8):  # about 25 s of retries for a store that is briefly down
             try:
                 store.add_spans(spans)
                 self.count("written", len(spans))
-                return
+                return spans
             except InvalidInput:
-                self._write_one_by_one(store, spans)
-                return
+                return self._write_one_by_one(store, spans)
             except Exception as exc:
                 if attempt == 7:
                     self.count("write_errors", len(spans))
                     log.error("voltline: gave up writing %d spans to %s: %s", len(spans), store.url, exc)
-                    return
+                    return []
                 log.warning("voltline: store write failed (%s); retrying in %.1fs", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _write_one_by_one(self, store: Store, spans: list[Span]) -> None:
+    def _write_one_by_one(self, store: Store, spans: list[Span]) -> list[Span]:
         # A batch is rejected whole; find the bad spans so the good ones still land.
+        written = []
         for span in spans:
             try:
                 store.add_spans([span])
                 self.count("written")
+                written.append(span)
                 continue
             except InvalidInput:
                 pass
@@ -203,10 +216,12 @@ class Emitter:
                 store.add_spans([coerced])
                 self.count("written")
                 self.count("coerced")
+                written.append(coerced)
                 log.warning("voltline: span %r had non-JSON attribute values; stored them as text", span.name)
             except Exception as exc:
                 self.count("invalid")
                 log.warning("voltline: dropped span %r the store refused: %s", span.name, exc)
+        return written
 
 
 def _jsonable(value: Any) -> Any:
