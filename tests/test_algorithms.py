@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+
 from voltline import _plugins, algorithms
 from voltline.algorithms import Algorithm, NewResource, StepResult
 from voltline.hookspecs import hookimpl

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 import voltline_testdist.plugin as testdist
 from voltline import _plugins
 from voltline.hookspecs import Integration, hookimpl

@@ -66,7 +66,9 @@ class SpanHandle:
         self.attributes[key] = value
 
 
-_rollout: contextvars.ContextVar[RolloutContext | None] = contextvars.ContextVar("voltline_rollout", default=None)
+_rollout: contextvars.ContextVar[RolloutContext | None] = contextvars.ContextVar(
+    "voltline_rollout", default=None
+)
 _parent: contextvars.ContextVar[str | None] = contextvars.ContextVar("voltline_span", default=None)
 _default_store: Store | None = None
 _warned_outside = False

@@ -127,9 +127,13 @@ class Emitter:
 
     def _at_exit(self) -> None:
         if self._counts["emitted"] > self._processed and not self.flush(timeout=30):
-            log.error("voltline: exiting with %d spans not written", self._counts["emitted"] - self._processed)
+            log.error(
+                "voltline: exiting with %d spans not written", self._counts["emitted"] - self._processed
+            )
         if self._counts["dropped"]:
-            log.warning("voltline: %d spans were dropped because the buffer was full", self._counts["dropped"])
+            log.warning(
+                "voltline: %d spans were dropped because the buffer was full", self._counts["dropped"]
+            )
 
     # writer side -----------------------------------------------------------------------
     def _run(self) -> None:

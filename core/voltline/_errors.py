@@ -33,4 +33,14 @@ class StoreUnavailable(VoltlineError):
 
 
 class SchemaOutOfDate(StoreUnavailable):
-    """The database exists but its schema is older than this version of Voltline."""
+    """The database's schema revision is not the one this Voltline needs.
+
+    `current` is the database's revision (None: no Voltline schema yet), `head` the one
+    needed; `newer` is True when a newer Voltline migrated the database past `head`.
+    """
+
+    def __init__(self, message: str, *, current: str | None, head: str, newer: bool = False) -> None:
+        super().__init__(message)
+        self.current = current
+        self.head = head
+        self.newer = newer

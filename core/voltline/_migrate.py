@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 
-__all__ = ["current_revision", "head_revision", "upgrade"]
+__all__ = ["current_revision", "head_revision", "known", "upgrade"]
 
 _SCRIPTS = str(Path(__file__).with_name("_migrations"))
 
@@ -27,6 +27,14 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(_config()).get_current_head() or ""
 
 
+def known(revision: str) -> bool:
+    """Whether `revision` is one of this Voltline's migrations (not one from a newer release)."""
+    try:
+        return ScriptDirectory.from_config(_config()).get_revision(revision) is not None
+    except Exception:  # alembic raises several kinds for an unknown id
+        return False
+
+
 def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
@@ -36,6 +44,6 @@ def upgrade(connection: Connection) -> str:
     if connection.dialect.name == "postgresql":
         # Workers starting together would race to create the same tables.
         connection.execute(text("SELECT pg_advisory_xact_lock(727271)"))
-    if current_revision(connection) != head_revision():
+    if current_revision(connection) != head_revision():  # re-read under the lock
         command.upgrade(_config(connection), "head")
     return head_revision()

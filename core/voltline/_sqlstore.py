@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 from sqlalchemy import (
     Connection,
@@ -54,7 +55,7 @@ from ._models import (
     dump_json,
 )
 from ._schema import ArtifactRow, AttemptRow, ResourceRow, RolloutRow, SpanRow
-from ._store import NewRollout, Store
+from ._store import NewRollout, Store, redact_url
 
 __all__ = ["SqlStore"]
 
@@ -75,44 +76,60 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:20]}"
 
 
-def _redact(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
-
-
 class SqlStore(Store):
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = url
-        sa_url = make_url(url)
-        self.dialect = "sqlite" if sa_url.get_backend_name() == "sqlite" else "postgresql"
-        if self.dialect == "sqlite":
-            self._engine = self._sqlite_engine(sa_url, create)
-        else:
-            self._engine = create_engine(
-                sa_url.set(drivername="postgresql+psycopg"), pool_pre_ping=True, pool_size=4
-            )
+        try:
+            sa_url = make_url(url)
+            self.dialect = "sqlite" if sa_url.get_backend_name() == "sqlite" else "postgresql"
+            if self.dialect == "sqlite":
+                self._engine = self._sqlite_engine(sa_url, create)
+            else:
+                self._engine = create_engine(
+                    sa_url.set(drivername="postgresql+psycopg"), pool_pre_ping=True, pool_size=4
+                )
+        except (ValueError, sa_exc.ArgumentError) as exc:  # what SQLAlchemy says of a malformed URL
+            raise InvalidInput(f"invalid store URL {redact_url(url)}: {exc}") from None
         self._pid = os.getpid()
         try:
             with self._engine.begin() as conn:
-                if create:
-                    _migrate.upgrade(conn)
-                elif _migrate.current_revision(conn) != _migrate.head_revision():
-                    raise SchemaOutOfDate(
-                        f"the database at {_redact(url)} has schema "
-                        f"{_migrate.current_revision(conn) or 'none'}, this Voltline needs "
-                        f"{_migrate.head_revision()}: run `voltline db upgrade --url {_redact(url)}`"
-                    )
-        except sa_exc.OperationalError as exc:
+                self._check_schema(conn, create)
+        except sa_exc.DatabaseError as exc:
             self._engine.dispose()
             raise StoreUnavailable(
-                f"cannot open the store at {_redact(url)}: {exc.orig}. Check that the server is "
+                f"cannot open the store at {redact_url(url)}: {exc.orig}. Check that the server is "
                 "running and the URL (host, port, database, user) is right."
             ) from None
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    def _check_schema(self, conn: Connection, create: bool) -> None:
+        current, head = _migrate.current_revision(conn), _migrate.head_revision()
+        if current == head:
+            return
+        where = redact_url(self.url)
+        if current is not None and not _migrate.known(current):
+            raise SchemaOutOfDate(
+                f"the database at {where} has schema revision {current}, which this Voltline (head "
+                f"{head}) does not know: a newer Voltline migrated it; upgrade Voltline, not the database",
+                current=current, head=head, newer=True,
+            )  # fmt: skip
+        if not create:
+            raise SchemaOutOfDate(
+                f"the database at {where} has schema {current or 'none'}, this Voltline needs {head}: "
+                f"run `voltline db upgrade --url {where}`",
+                current=current, head=head,
+            )  # fmt: skip
+        _migrate.upgrade(conn)
 
     @staticmethod
     def _sqlite_engine(sa_url: Any, create: bool) -> Engine:
         database = sa_url.database or ""
         if database in ("", ":memory:"):
-            raise InvalidInput("use a SQLite file (sqlite:///path.db): an in-memory database is per connection")
+            raise InvalidInput(
+                "use a SQLite file (sqlite:///path.db): an in-memory database is per connection"
+            )
         path = Path(database)
         if not path.exists():
             if not create:
@@ -150,7 +167,9 @@ class SqlStore(Store):
             with self._engine.begin() as conn:
                 yield conn
         except sa_exc.OperationalError as exc:
-            raise StoreUnavailable(f"store at {_redact(self.url)} failed: {exc.orig}") from exc
+            raise StoreUnavailable(f"store at {redact_url(self.url)} failed: {exc.orig}") from exc
+        except self._engine.dialect.loaded_dbapi.OperationalError as exc:  # raw cursor paths (spans)
+            raise StoreUnavailable(f"store at {redact_url(self.url)} failed: {exc}") from exc
 
     def close(self) -> None:
         self._engine.dispose()
@@ -160,10 +179,10 @@ class SqlStore(Store):
     def _rollout(row: Any) -> Rollout:
         m = row._mapping
         return Rollout(
-            rollout_id=m["rollout_id"], input=json.loads(m["input"]), mode=m["mode"],
+            rollout_id=m["rollout_id"], input=orjson.loads(m["input"]), mode=m["mode"],
             status=m["status"], timeout=m["timeout"], heartbeat_timeout=m["heartbeat_timeout"],
             max_attempts=m["max_attempts"], num_attempts=m["num_attempts"],
-            metadata=json.loads(m["metadata"]), resources=json.loads(m["resources"]),
+            metadata=orjson.loads(m["metadata"]), resources=orjson.loads(m["resources"]),
             error=m["error"], created_at=m["created_at"], started_at=m["started_at"],
             finished_at=m["finished_at"],
         )  # fmt: skip
@@ -179,16 +198,16 @@ class SqlStore(Store):
             span_id=m["span_id"], rollout_id=m["rollout_id"], attempt_id=m["attempt_id"],
             parent_id=m["parent_id"], sequence=m["sequence"], kind=SpanKind(m["kind"]), name=m["name"],
             start_time=m["start_time"], end_time=m["end_time"], status=SpanStatus(m["status"]),
-            attributes=json.loads(m["attributes"]), resources=json.loads(m["resources"]),
+            attributes=orjson.loads(m["attributes"]), resources=orjson.loads(m["resources"]),
         )  # fmt: skip
 
     @staticmethod
     def _resource(row: Any, size: int | None = None) -> ResourceVersion:
         m = row._mapping
         return ResourceVersion(
-            name=m["name"], version=m["version"], kind=m["kind"], payload=json.loads(m["payload"]),
+            name=m["name"], version=m["version"], kind=m["kind"], payload=orjson.loads(m["payload"]),
             artifact_hash=m["artifact_hash"], artifact_size=m.get("size"), created_at=m["created_at"],
-            created_by=m["created_by"], metrics=json.loads(m["metrics"]),
+            created_by=m["created_by"], metrics=orjson.loads(m["metrics"]),
         )  # fmt: skip
 
     # rollouts ------------------------------------------------------------------------
@@ -276,10 +295,16 @@ class SqlStore(Store):
         }
         attempts = [
             {
-                "attempt_id": _new_id("at"), "rollout_id": rid, "number": rollouts[rid].num_attempts,
-                "worker_id": worker_id, "status": _RUNNING, "started_at": now,
-                "last_heartbeat": now, "finished_at": None, "error": None,
-            }  # fmt: skip
+                "attempt_id": _new_id("at"),
+                "rollout_id": rid,
+                "number": rollouts[rid].num_attempts,
+                "worker_id": worker_id,
+                "status": _RUNNING,
+                "started_at": now,
+                "last_heartbeat": now,
+                "finished_at": None,
+                "error": None,
+            }
             for rid in rollout_ids
         ]
         conn.execute(A.insert(), attempts)
@@ -310,7 +335,8 @@ class SqlStore(Store):
             return self._start_attempts(conn, [row["rollout_id"]], worker_id, now)[0]
 
     def _running_attempt(self, conn: Connection, attempt_id: str) -> Any:
-        row = conn.execute(select(A).where(A.c.attempt_id == attempt_id)).first()
+        # Locked so a concurrent expiry or cancel cannot be overwritten by this worker's verdict.
+        row = conn.execute(select(A).where(A.c.attempt_id == attempt_id).with_for_update()).first()
         if row is None:
             raise NotFound(f"no attempt {attempt_id!r} in the store")
         if row.status != _RUNNING:
@@ -376,7 +402,9 @@ class SqlStore(Store):
                 else f"attempt {row.number} sent no heartbeat since {now - row.last_heartbeat:.1f}s ago"
             )
             self._end_attempt(conn, row, status.value, reason, now)
-            expired.append(self._attempt(row).model_copy(update=dict(status=status, finished_at=now, error=reason)))
+            expired.append(
+                self._attempt(row).model_copy(update=dict(status=status, finished_at=now, error=reason))
+            )
         return expired
 
     def expire_attempts(self, now: float | None = None) -> list[Attempt]:
@@ -437,7 +465,9 @@ class SqlStore(Store):
                     raise InvalidInput(f"status: unknown rollout status {s!r}")
             query = query.where(R.c.status.in_(statuses))
         if mode is not None:
-            query = query.where(R.c.mode == Mode(mode).value)
+            if mode not in Mode._value2member_map_:
+                raise InvalidInput(f"mode: {mode!r} is not one of train, val, test")
+            query = query.where(R.c.mode == mode)
         if since is not None:
             query = query.where(R.c.created_at >= since)
         if until is not None:
@@ -452,8 +482,12 @@ class SqlStore(Store):
             raise InvalidInput(f"metadata[{key!r}]: filter on a string, number or boolean value")
         path = "$." + json.dumps(key)
         if self.dialect == "sqlite":
-            extracted = func.json_extract(R.c.metadata, path)
-            return extracted == (int(value) if isinstance(value, bool) else value)
+            # json_extract turns JSON true/false into 1/0: compare the JSON type as well, so
+            # that True never matches 1 (nor 1 matches true), as with jsonb on PostgreSQL.
+            json_type = func.json_type(R.c.metadata, path)
+            if isinstance(value, bool):
+                return json_type == ("true" if value else "false")
+            return and_(json_type.not_in(("true", "false")), func.json_extract(R.c.metadata, path) == value)
         # PostgreSQL: jsonb equality is exact for every scalar type.
         # (the right side is bound as JSONB, so SQLAlchemy serializes the value itself)
         return cast(R.c.metadata, JSONB)[key] == literal(value, JSONB)
@@ -482,19 +516,28 @@ class SqlStore(Store):
     @staticmethod
     def _validate_spans(spans: Iterable[Span | Mapping[str, Any]]) -> list[Span]:
         validated = []
+        first_index: dict[str, int] = {}
         for i, span in enumerate(spans):
-            if isinstance(span, Span):
-                validated.append(span)
-                continue
-            if not isinstance(span, Mapping):
-                raise InvalidInput(f"spans[{i}]: expected a Span or a mapping, got {type(span).__name__}")
-            try:
-                validated.append(Span.model_validate(dict(span)))
-            except ValidationError as exc:
-                problems = "; ".join(
-                    f"{'.'.join(str(p) for p in err['loc']) or 'span'}: {err['msg']}" for err in exc.errors()
+            if not isinstance(span, Span):
+                if not isinstance(span, Mapping):
+                    raise InvalidInput(f"spans[{i}]: expected a Span or a mapping, got {type(span).__name__}")
+                try:
+                    span = Span.model_validate(dict(span))
+                except ValidationError as exc:
+                    problems = "; ".join(
+                        f"{'.'.join(str(p) for p in err['loc']) or 'span'}: {err['msg']}"
+                        for err in exc.errors()
+                    )
+                    raise InvalidInput(
+                        f"spans[{i}] rejected ({problems}); nothing from this batch was stored"
+                    ) from None
+            j = first_index.setdefault(span.span_id, i)
+            if j != i:
+                raise InvalidInput(
+                    f"spans[{i}].span_id: {span.span_id!r} is also the id of spans[{j}]; "
+                    "nothing from this batch was stored"
                 )
-                raise InvalidInput(f"spans[{i}] rejected ({problems}); nothing from this batch was stored") from None
+            validated.append(span)
         return validated
 
     @staticmethod
@@ -529,22 +572,42 @@ class SqlStore(Store):
                     .where(A.c.attempt_id.in_(attempt_ids), A.c.status == _RUNNING)
                     .values(last_heartbeat=time.time())
                 )
-        except sa_exc.IntegrityError as exc:
-            raise InvalidInput(
-                f"span batch rejected, nothing stored: {exc.orig} (a span_id is already stored?)"
-            ) from None
+        except (sa_exc.IntegrityError, self._engine.dialect.loaded_dbapi.IntegrityError) as exc:
+            # Spans go in through the driver's own cursor (COPY, executemany), so its
+            # IntegrityError arrives unwrapped: both mean a span_id is already stored.
+            raise InvalidInput(self._integrity_message(rows, getattr(exc, "orig", exc))) from None
         return len(rows)
+
+    def _integrity_message(self, rows: list[tuple[Any, ...]], error: BaseException) -> str:
+        span_ids = [r[0] for r in rows]
+        stored: set[str] = set()
+        try:
+            with self._tx() as conn:
+                for start in range(0, len(span_ids), 500):
+                    chunk = span_ids[start : start + 500]
+                    stored.update(conn.execute(select(S.c.span_id).where(S.c.span_id.in_(chunk))).scalars())
+        except Exception:  # only the message suffers
+            pass
+        for i, span_id in enumerate(span_ids):
+            if span_id in stored:
+                return (
+                    f"spans[{i}].span_id: {span_id!r} is already stored; nothing from this batch was stored"
+                )
+        return f"span batch rejected, nothing stored: {error} (a span_id is already stored?)"
 
     @staticmethod
     def _number_spans(conn: Connection, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         attempt_ids = sorted({r[2] for r in rows if r[4] is None})
         next_seq = dict.fromkeys(attempt_ids, 0)
+        for r in rows:  # numbers given explicitly in this same batch are taken too
+            if r[4] is not None and r[2] in next_seq:
+                next_seq[r[2]] = max(next_seq[r[2]], r[4] + 1)
         for attempt_id, top in conn.execute(
             select(S.c.attempt_id, func.max(S.c.sequence))
             .where(S.c.attempt_id.in_(attempt_ids))
             .group_by(S.c.attempt_id)
         ):
-            next_seq[attempt_id] = top + 1
+            next_seq[attempt_id] = max(next_seq[attempt_id], top + 1)
         numbered = []
         for r in rows:
             if r[4] is None:
@@ -555,10 +618,10 @@ class SqlStore(Store):
 
     def _insert_spans(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
         if self.dialect == "postgresql":
-            with conn.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
-                with cursor.copy(f"COPY spans ({', '.join(_SPAN_COLUMNS)}) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            with cursor, cursor.copy(f"COPY spans ({', '.join(_SPAN_COLUMNS)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
             return
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         cursor.executemany(
@@ -662,8 +725,10 @@ class SqlStore(Store):
 
     def get_resource(self, name: str, version: int | None = None) -> ResourceVersion:
         query = self._resource_query().where(RV.c.name == name)
-        query = query.order_by(RV.c.version.desc()).limit(1) if version is None else query.where(
-            RV.c.version == version
+        query = (
+            query.order_by(RV.c.version.desc()).limit(1)
+            if version is None
+            else query.where(RV.c.version == version)
         )
         with self._tx() as conn:
             row = conn.execute(query).first()
@@ -701,7 +766,7 @@ class SqlStore(Store):
                 ).first()
                 if found is None:
                     raise NotFound(f"resources[{name!r}]: no version {version!r} of {name!r} in the store")
-            merged = {**json.loads(row.resources), **versions}
+            merged = {**orjson.loads(row.resources), **versions}
             conn.execute(update(R).where(R.c.rollout_id == rollout_id).values(resources=json.dumps(merged)))
             return self._rollout(row).model_copy(update=dict(resources=merged))
 

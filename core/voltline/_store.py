@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ._errors import InvalidInput
-from ._models import Attempt, AttemptStatus, Claim, ResourceVersion, Rollout, RolloutStatus, Span
+from ._models import Attempt, AttemptStatus, Claim, ResourceVersion, Rollout, Span
 
-__all__ = ["DEFAULT_URL", "NewRollout", "Store", "connect"]
+__all__ = ["DEFAULT_URL", "NewRollout", "Store", "connect", "redact_url"]
 
 DEFAULT_URL = "sqlite:///voltline.db"
 
@@ -54,9 +55,7 @@ class Store(ABC):
         A rollout is never held by two running attempts."""
 
     @abstractmethod
-    def start_rollout(
-        self, input: Any = None, *, worker_id: str | None = None, **options: Any
-    ) -> Claim:
+    def start_rollout(self, input: Any = None, *, worker_id: str | None = None, **options: Any) -> Claim:
         """Create a rollout and its first attempt at once, skipping the queue."""
 
     @abstractmethod
@@ -168,9 +167,10 @@ class Store(ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @staticmethod
-    def finished(status: str) -> bool:
-        return RolloutStatus(status).finished
+
+def redact_url(url: str) -> str:
+    """The URL with its password hidden, for messages."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def connect(url: str | None = None, *, create: bool = True) -> Store:
@@ -187,6 +187,6 @@ def connect(url: str | None = None, *, create: bool = True) -> Store:
 
         return SqlStore(url, create=create)
     raise InvalidInput(
-        f"unsupported store URL {url!r}: use sqlite:///path/to/file.db or "
+        f"unsupported store URL {redact_url(url)!r}: use sqlite:///path/to/file.db or "
         "postgresql://user@host:port/database"
     )

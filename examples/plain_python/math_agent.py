@@ -75,7 +75,9 @@ def run_agent(question: str, rng: random.Random) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default="sqlite:///voltline.db", help="store URL (default: %(default)s)")
-    parser.add_argument("--rollouts", type=int, default=6, help="how many tasks to run (default: %(default)s)")
+    parser.add_argument(
+        "--rollouts", type=int, default=6, help="how many tasks to run (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
