@@ -10,6 +10,7 @@ from ._context import (
     SpanHandle,
     bind_context,
     current_rollout,
+    current_span,
     emit_exception,
     emit_llm,
     emit_message,
@@ -19,6 +20,8 @@ from ._context import (
     flush,
     rollout,
     span,
+    start_span,
+    use_span,
 )
 from ._errors import AttemptLost, InvalidInput, NotFound, SchemaOutOfDate, StoreUnavailable, VoltlineError
 from ._models import (
@@ -67,6 +70,7 @@ __all__ = [
     "bind_context",
     "connect",
     "current_rollout",
+    "current_span",
     "emit_exception",
     "emit_llm",
     "emit_message",
@@ -78,5 +82,7 @@ __all__ = [
     "instrument",
     "rollout",
     "span",
+    "start_span",
     "uninstrument",
+    "use_span",
 ]

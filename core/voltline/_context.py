@@ -11,6 +11,7 @@ import functools
 import itertools
 import logging
 import os
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
@@ -22,10 +23,12 @@ from ._emitter import get_emitter
 from ._store import Store, connect
 
 __all__ = [
+    "CURRENT",
     "RolloutContext",
     "SpanHandle",
     "bind_context",
     "current_rollout",
+    "current_span",
     "emit_exception",
     "emit_llm",
     "emit_message",
@@ -35,6 +38,8 @@ __all__ = [
     "flush",
     "rollout",
     "span",
+    "start_span",
+    "use_span",
 ]
 
 log = logging.getLogger("voltline.emit")
@@ -55,21 +60,62 @@ class RolloutContext:
 
 @dataclass
 class SpanHandle:
-    """An open span from `voltline.span(...)`; add attributes with `set()`."""
+    """An open span: from `voltline.span(...)`, or `start_span(...)` in capture code.
+
+    It remembers the rollout it started in, so `end()` files it there even when called
+    from another thread or callback. Spans started under it inherit its agent name.
+    """
 
     span_id: str
     name: str
     kind: str
     attributes: dict[str, Any]
+    parent_id: str | None = None
+    agent_name: str | None = None
+    start_time: float = field(default_factory=time.time)
+    rollout: RolloutContext | None = field(default=None, repr=False)
+    ended: bool = False
 
     def set(self, key: str, value: Any) -> None:
         self.attributes[key] = value
 
+    def end(
+        self,
+        *,
+        status: str = "ok",
+        error: BaseException | str | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        end_time: float | None = None,
+    ) -> None:
+        """Record the span (once; later calls do nothing). Never raises."""
+        if self.ended:
+            return
+        self.ended = True
+        try:
+            if attributes:
+                self.attributes.update(attributes)
+            if error is not None:
+                status = "error"
+                if isinstance(error, BaseException):
+                    self.attributes.setdefault("exception.type", type(error).__qualname__)
+                self.attributes.setdefault("exception.message", str(error))
+            _submit(self.rollout, self.kind, self.name, self.attributes, start_time=self.start_time,
+                    end_time=end_time, status=status, span_id=self.span_id, parent_id=self.parent_id,
+                    agent_name=self.agent_name)  # fmt: skip
+        except Exception:
+            _capture_failed("SpanHandle.end")
+
+
+class _Current:
+    """Marker: "the span current in this context" (the default parent)."""
+
+
+CURRENT: Any = _Current()
 
 _rollout: contextvars.ContextVar[RolloutContext | None] = contextvars.ContextVar(
     "voltline_rollout", default=None
 )
-_parent: contextvars.ContextVar[str | None] = contextvars.ContextVar("voltline_span", default=None)
+_current: contextvars.ContextVar[SpanHandle | None] = contextvars.ContextVar("voltline_span", default=None)
 _default_store: Store | None = None
 _warned_outside = False
 
@@ -123,7 +169,7 @@ def rollout(
         target.record_resources(rollout_id, dict(resources))
     ctx = RolloutContext(target, rollout_id, attempt_id, dict(resources or {}))
     rollout_token = _rollout.set(ctx)
-    parent_token = _parent.set(None)
+    parent_token = _current.set(None)
     error: BaseException | None = None
     try:
         yield ctx
@@ -132,7 +178,7 @@ def rollout(
         emit_exception(exc)
         raise
     finally:
-        _parent.reset(parent_token)
+        _current.reset(parent_token)
         _rollout.reset(rollout_token)
         get_emitter().flush()
         if owned:
@@ -150,7 +196,8 @@ def _finish(ctx: RolloutContext, error: BaseException | None) -> None:
         log.error("voltline: could not finish attempt %s: %s", ctx.attempt_id, exc)
 
 
-def _emit(
+def _submit(
+    ctx: RolloutContext | None,
     kind: str,
     name: str,
     attributes: dict[str, Any],
@@ -160,8 +207,8 @@ def _emit(
     status: str = "ok",
     span_id: str | None = None,
     parent_id: str | None = None,
+    agent_name: str | None = None,
 ) -> str | None:
-    ctx = _rollout.get()
     emitter = get_emitter()
     if ctx is None:
         global _warned_outside
@@ -183,10 +230,11 @@ def _emit(
             "span_id": span_id,
             "rollout_id": ctx.rollout_id,
             "attempt_id": ctx.attempt_id,
-            "parent_id": parent_id if parent_id is not None else _parent.get(),
+            "parent_id": parent_id,
             "sequence": next(ctx._sequence),
             "kind": kind,
             "name": name,
+            "agent_name": agent_name,
             "start_time": now if start_time is None else start_time,
             "end_time": now if end_time is None else end_time,
             "status": status,
@@ -197,6 +245,31 @@ def _emit(
     return span_id
 
 
+def _emit(kind: str, name: str, attributes: dict[str, Any], *, status: str = "ok",
+          start_time: float | None = None, end_time: float | None = None) -> str | None:  # fmt: skip
+    """An instant span under the current span, in the current rollout."""
+    parent = _current.get()
+    return _submit(
+        _rollout.get(), kind, name, attributes, start_time=start_time, end_time=end_time, status=status,
+        parent_id=parent.span_id if parent else None, agent_name=parent.agent_name if parent else None,
+    )  # fmt: skip
+
+
+_reported: set[tuple[str, type]] = set()
+
+
+def _capture_failed(where: str) -> None:
+    """Count a failure inside capture code; log the first of each kind with its traceback."""
+    get_emitter().count("capture_errors")
+    exc_type = sys.exc_info()[0] or Exception
+    if (where, exc_type) in _reported:
+        log.debug("voltline: %s failed again", where, exc_info=True)
+        return
+    _reported.add((where, exc_type))
+    log.exception("voltline: %s failed; the agent goes on (further %s errors here are only counted)",
+                  where, exc_type.__name__)  # fmt: skip
+
+
 def _guarded(fn: Callable[P, T]) -> Callable[P, T | None]:
     """Capture code never raises into the agent: log, count, return None."""
 
@@ -205,8 +278,7 @@ def _guarded(fn: Callable[P, T]) -> Callable[P, T | None]:
         try:
             return fn(*args, **kwargs)
         except Exception:
-            get_emitter().count("capture_errors")
-            log.exception("voltline: %s failed; the agent goes on", fn.__name__)
+            _capture_failed(fn.__name__)
             return None
 
     return wrapper
@@ -339,31 +411,76 @@ def emit_exception(exc: BaseException, *, attributes: Mapping[str, Any] | None =
     return _emit("exception", type(exc).__qualname__, attrs, status="error")
 
 
-@contextmanager
-def span(name: str, kind: str = "custom", **attributes: Any) -> Iterator[SpanHandle]:
-    """A span around a block; spans emitted inside become its children.
+def current_span() -> SpanHandle | None:
+    """The span that spans started here would be children of."""
+    return _current.get()
 
-    Yields a `SpanHandle` for adding attributes. The span is recorded when the block
-    ends, marked `error` if the block raised; the exception itself propagates unchanged.
+
+def start_span(
+    name: str,
+    kind: str = "custom",
+    *,
+    parent: SpanHandle | str | None = CURRENT,
+    agent_name: str | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    start_time: float | None = None,
+) -> SpanHandle:
+    """Open a span and return its handle; record it with `handle.end(...)`.
+
+    For capture code driven by callbacks (a start event, later an end event, maybe on
+    another thread): keep the handle between the two. `parent` defaults to the current span;
+    pass a handle, a span id, or None for a root. The agent name is the one given, else the
+    span's own name for an `agent` span, else the parent handle's. Never raises.
     """
-    handle = SpanHandle(os.urandom(8).hex(), name, kind, dict(attributes))
-    parent_id = _parent.get()
-    token = _parent.set(handle.span_id)
-    start = time.time()
-    status = "ok"
+    try:
+        if isinstance(parent, _Current):
+            parent = _current.get()
+        ctx = _rollout.get()
+        if agent_name is None and kind == "agent":  # an agent span names its own agent
+            agent_name = (attributes or {}).get("gen_ai.agent.name") or name
+        if isinstance(parent, SpanHandle):
+            ctx = ctx or parent.rollout
+            agent_name = agent_name or parent.agent_name
+            parent = parent.span_id
+        return SpanHandle(
+            os.urandom(8).hex(), name, kind, dict(attributes or {}), parent_id=parent,
+            agent_name=agent_name, start_time=time.time() if start_time is None else start_time, rollout=ctx,
+        )  # fmt: skip
+    except Exception:
+        _capture_failed("start_span")
+        return SpanHandle(os.urandom(8).hex(), name, kind, {})
+
+
+@contextmanager
+def use_span(handle: SpanHandle) -> Iterator[SpanHandle]:
+    """Make `handle` the current span inside the block (spans started there become its children)."""
+    token = _current.set(handle)
     try:
         yield handle
+    finally:
+        _current.reset(token)
+
+
+@contextmanager
+def span(
+    name: str, kind: str = "custom", *, agent_name: str | None = None, **attributes: Any
+) -> Iterator[SpanHandle]:
+    """A span around a block; spans emitted inside become its children.
+
+    Yields a `SpanHandle` for adding attributes. `agent_name` (default: inherited) names the
+    agent on this span and every span beneath it. The span is recorded when the block ends,
+    marked `error` if the block raised; the exception itself propagates unchanged.
+    """
+    handle = start_span(name, kind, agent_name=agent_name, attributes=attributes)
+    error: BaseException | None = None
+    try:
+        with use_span(handle):
+            yield handle
     except BaseException as exc:
-        status = "error"
-        handle.attributes.setdefault("exception.type", type(exc).__qualname__)
-        handle.attributes.setdefault("exception.message", str(exc))
+        error = exc
         raise
     finally:
-        _parent.reset(token)
-        _guarded(_emit)(
-            kind, name, handle.attributes, start_time=start, status=status,
-            span_id=handle.span_id, parent_id=parent_id,
-        )  # fmt: skip
+        handle.end(error=error)
 
 
 def bind_context(fn: Callable[P, T]) -> Callable[P, T]:

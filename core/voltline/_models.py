@@ -187,6 +187,7 @@ class Span(_Model):
     sequence: int | None = Field(default=None, ge=0)
     kind: SpanKind
     name: str = Field(min_length=1, max_length=512)
+    agent_name: str | None = Field(default=None, max_length=256, description="the agent it ran under")
     start_time: float
     end_time: float | None = None
     status: SpanStatus = SpanStatus.OK

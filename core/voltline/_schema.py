@@ -56,6 +56,7 @@ class SpanRow(SQLModel, table=True):
     __table_args__ = (
         Index("ix_spans_rollout_seq", "rollout_id", "sequence"),
         Index("ix_spans_attempt_seq", "attempt_id", "sequence"),
+        Index("ix_spans_rollout_agent", "rollout_id", "agent_name"),
     )
 
     span_id: str = Field(primary_key=True, max_length=64)
@@ -65,6 +66,7 @@ class SpanRow(SQLModel, table=True):
     sequence: int
     kind: str = Field(max_length=16)
     name: str = Field(max_length=512)
+    agent_name: str | None = Field(default=None, max_length=256)
     start_time: float
     end_time: float | None = None
     status: str = Field(max_length=8)

@@ -66,7 +66,7 @@ RV = ResourceRow.__table__
 AR = ArtifactRow.__table__
 
 _SPAN_COLUMNS = (
-    "span_id", "rollout_id", "attempt_id", "parent_id", "sequence", "kind", "name",
+    "span_id", "rollout_id", "attempt_id", "parent_id", "sequence", "kind", "name", "agent_name",
     "start_time", "end_time", "status", "attributes", "resources",
 )  # fmt: skip
 _RUNNING = AttemptStatus.RUNNING.value
@@ -197,7 +197,8 @@ class SqlStore(Store):
         return Span.model_construct(
             span_id=m["span_id"], rollout_id=m["rollout_id"], attempt_id=m["attempt_id"],
             parent_id=m["parent_id"], sequence=m["sequence"], kind=SpanKind(m["kind"]), name=m["name"],
-            start_time=m["start_time"], end_time=m["end_time"], status=SpanStatus(m["status"]),
+            agent_name=m["agent_name"], start_time=m["start_time"], end_time=m["end_time"],
+            status=SpanStatus(m["status"]),
             attributes=orjson.loads(m["attributes"]), resources=orjson.loads(m["resources"]),
         )  # fmt: skip
 
@@ -551,7 +552,7 @@ class SqlStore(Store):
                 raise InvalidInput(f"{exc}; nothing from this batch was stored") from None
             rows.append((
                 s.span_id, s.rollout_id, s.attempt_id, s.parent_id, s.sequence, s.kind.value, s.name,
-                s.start_time, s.end_time, s.status.value, attributes, resources,
+                s.agent_name, s.start_time, s.end_time, s.status.value, attributes, resources,
             ))  # fmt: skip
         return rows
 
@@ -637,6 +638,7 @@ class SqlStore(Store):
         attempt_id: str | None = None,
         kind: str | Sequence[str] | None = None,
         name: str | None = None,
+        agent_name: str | None = None,
         limit: int | None = None,
         offset: int = 0,
     ) -> list[Span]:
@@ -659,6 +661,8 @@ class SqlStore(Store):
             query = query.where(S.c.kind.in_(kinds))
         if name is not None:
             query = query.where(S.c.name == name)
+        if agent_name is not None:
+            query = query.where(S.c.agent_name == agent_name)
         with self._tx() as conn:
             return [self._span(r) for r in conn.execute(query)]
 

@@ -119,10 +119,11 @@ class Store(ABC):
         attempt_id: str | None = None,
         kind: str | Sequence[str] | None = None,
         name: str | None = None,
+        agent_name: str | None = None,
         limit: int | None = None,
         offset: int = 0,
     ) -> list[Span]:
-        """Spans ordered by attempt, then sequence."""
+        """Spans ordered by attempt, then sequence; `agent_name` selects one agent's spans."""
 
     # resources ---------------------------------------------------------------------
     @abstractmethod

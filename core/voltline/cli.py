@@ -78,6 +78,7 @@ app.add_typer(rollouts_app, name="rollouts", rich_help_panel=INSPECT)
 app.add_typer(spans_app, name="spans", rich_help_panel=INSPECT)
 app.add_typer(resources_app, name="resources", rich_help_panel=INSPECT)
 app.add_typer(db_app, name="db", rich_help_panel=STORE)
+# --- commands defined in other modules are added here, one line each ---
 
 Url = Annotated[
     str,

@@ -1,0 +1,91 @@
+"""The capture API plugins build on: open spans that end later, elsewhere, with agent names."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import voltline
+from voltline import _migrate
+from voltline._context import start_span, use_span
+
+
+def test_agent_name_reaches_every_span_beneath_an_agent(tmp_path):
+    store = voltline.connect(f"sqlite:///{tmp_path}/a.db")
+    with voltline.rollout({"q": 1}, store=store) as r:
+        with voltline.span("team", kind="chain"):
+            voltline.emit_message("start")
+            with voltline.span("planner", kind="agent"):
+                voltline.emit_llm(model="m")
+                with voltline.span("lookup", kind="tool"):
+                    voltline.emit_llm(model="inner")
+            with voltline.span("coder-step", kind="agent", agent_name="coder"):
+                voltline.emit_llm(model="m2")
+    spans = {s.name: s for s in store.query_spans(rollout_id=r.rollout_id)}
+    assert spans["message"].agent_name is None and spans["team"].agent_name is None
+    assert spans["planner"].agent_name == "planner"
+    assert spans["chat m"].agent_name == "planner"
+    assert spans["lookup"].agent_name == "planner" and spans["chat inner"].agent_name == "planner"
+    assert spans["coder-step"].agent_name == "coder" and spans["chat m2"].agent_name == "coder"
+    planner_llm = store.query_spans(rollout_id=r.rollout_id, kind="llm", agent_name="planner")
+    assert [s.name for s in planner_llm] == ["chat m", "chat inner"]
+    assert [s.name for s in store.query_spans(rollout_id=r.rollout_id, agent_name="coder")] == [
+        "chat m2",
+        "coder-step",
+    ]
+    store.close()
+
+
+def test_a_span_started_in_one_thread_ends_in_another_and_keeps_its_rollout(tmp_path):
+    store = voltline.connect(f"sqlite:///{tmp_path}/t.db")
+    with voltline.rollout({"q": 2}, store=store) as r:
+        root = start_span("agent-run", "agent", agent_name="solo")
+        child = start_span("chat model", "llm", parent=root, attributes={"gen_ai.request.model": "x"})
+        # The end event arrives on a worker thread that never saw the rollout's context.
+        worker = threading.Thread(target=lambda: child.end(attributes={"gen_ai.usage.output_tokens": 3}))
+        worker.start()
+        worker.join()
+        with use_span(root):
+            voltline.emit_tool("search", result="ok")
+        root.end()
+        root.end()  # a second end is ignored
+    spans = {s.name: s for s in store.query_spans(rollout_id=r.rollout_id)}
+    assert set(spans) == {"agent-run", "chat model", "execute_tool search"}
+    assert spans["chat model"].parent_id == root.span_id
+    assert spans["chat model"].agent_name == "solo"
+    assert spans["chat model"].attributes == {"gen_ai.request.model": "x", "gen_ai.usage.output_tokens": 3}
+    assert spans["execute_tool search"].parent_id == root.span_id
+    assert spans["agent-run"].parent_id is None
+    store.close()
+
+
+def test_an_error_end_marks_the_span_and_records_the_exception(tmp_path):
+    store = voltline.connect(f"sqlite:///{tmp_path}/e.db")
+    with voltline.rollout({"q": 3}, store=store) as r:
+        handle = start_span("execute_tool divide", "tool")
+        handle.end(error=ZeroDivisionError("division by zero"))
+    (span,) = store.query_spans(rollout_id=r.rollout_id)
+    assert span.status == "error"
+    assert span.attributes["exception.type"] == "ZeroDivisionError"
+    assert span.attributes["exception.message"] == "division by zero"
+    store.close()
+
+
+def test_upgrading_a_0001_database_keeps_its_spans(tmp_path):
+    path = tmp_path / "old.db"
+    store = voltline.connect(f"sqlite:///{path}")
+    with voltline.rollout({"q": 4}, store=store) as r:
+        voltline.emit_reward(1.0)
+    store.close()
+    with sqlite3.connect(path) as conn:  # take it back to how revision 0001 left it
+        conn.execute("DROP INDEX ix_spans_rollout_agent")
+        conn.execute("ALTER TABLE spans DROP COLUMN agent_name")
+        conn.execute("UPDATE alembic_version SET version_num = '0001'")
+    store = voltline.connect(f"sqlite:///{path}")
+    (reward,) = store.query_spans(rollout_id=r.rollout_id)
+    assert reward.attributes["reward.value"] == 1.0 and reward.agent_name is None
+    with sqlite3.connect(path) as conn:
+        assert (
+            conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == _migrate.head_revision()
+        )
+    store.close()
