@@ -17,7 +17,7 @@ if ! .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__.split("+
 fi
 
 # Every distribution in the workspace: core first, then plugins and algorithm packages.
-dists=(core)
+dists=("core[local]")
 for d in plugins/*/ algorithms/*/; do
   [ -f "$d/pyproject.toml" ] && dists+=("${d%/}")
 done
