@@ -89,3 +89,23 @@ def test_upgrading_a_0001_database_keeps_its_spans(tmp_path):
             conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == _migrate.head_revision()
         )
     store.close()
+
+
+def test_use_span_brings_its_rollout_to_a_thread_without_one(tmp_path):
+    store = voltline.connect(f"sqlite:///{tmp_path}/u.db")
+    with voltline.rollout({"q": 5}, store=store) as r:
+        handle = start_span("handler", "agent", agent_name="worker")
+
+        def handler_thread() -> None:
+            assert voltline.current_rollout() is None
+            with use_span(handle):
+                voltline.emit_tool("lookup", result=1)
+            assert voltline.current_rollout() is None
+
+        worker = threading.Thread(target=handler_thread)
+        worker.start()
+        worker.join()
+        handle.end()
+    tool = store.query_spans(rollout_id=r.rollout_id, kind="tool")
+    assert [(s.parent_id, s.agent_name) for s in tool] == [(handle.span_id, "worker")]
+    store.close()

@@ -439,7 +439,7 @@ def start_span(
         if agent_name is None and kind == "agent":  # an agent span names its own agent
             agent_name = (attributes or {}).get("gen_ai.agent.name") or name
         if isinstance(parent, SpanHandle):
-            ctx = ctx or parent.rollout
+            ctx = parent.rollout or ctx  # the parent's rollout wins: handler threads are shared
             agent_name = agent_name or parent.agent_name
             parent = parent.span_id
         return SpanHandle(
@@ -453,11 +453,18 @@ def start_span(
 
 @contextmanager
 def use_span(handle: SpanHandle) -> Iterator[SpanHandle]:
-    """Make `handle` the current span inside the block (spans started there become its children)."""
+    """Make `handle` the current span inside the block (spans started there become its children).
+
+    Where no rollout is current (a framework's handler thread, an executor), the handle's
+    rollout becomes current too, so `emit_*` calls inside land in it.
+    """
     token = _current.set(handle)
+    rollout_token = _rollout.set(handle.rollout) if _rollout.get() is None and handle.rollout else None
     try:
         yield handle
     finally:
+        if rollout_token is not None:
+            _rollout.reset(rollout_token)
         _current.reset(token)
 
 

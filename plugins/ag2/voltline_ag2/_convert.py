@@ -1,0 +1,161 @@
+"""Turning AutoGen messages, requests and responses into span attributes.
+
+Pure functions with no framework imports: AutoGen hands us dicts, strings, OpenAI SDK
+objects or a custom client's own response objects, so everything here is duck-typed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+_MAX_DEPTH = 12
+
+
+def jsonable(value: Any, depth: int = 0) -> Any:
+    """A JSON-safe copy of `value`: pydantic models dumped, dataclasses expanded, the rest as text.
+
+    Done here rather than left to the store so that a span never fails validation because a
+    message carried an odd object (AutoGen allows callables as message content).
+    """
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if depth > _MAX_DEPTH:
+        return repr(value)
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v, depth + 1) for v in value]
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        try:
+            return jsonable(dump(mode="json", exclude_none=True), depth + 1)
+        except Exception:  # a custom object with a model_dump of another shape
+            pass
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value), depth + 1)
+    return repr(value) if callable(value) else str(value)
+
+
+def field(obj: Any, name: str, default: Any = None) -> Any:
+    """`obj.name` or `obj[name]`, whichever exists; extra fields of pydantic models included."""
+    if obj is None:
+        return default
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    value = getattr(obj, name, None)
+    if value is None:
+        extra = getattr(obj, "model_extra", None)  # OpenAI SDK models keep unknown fields here
+        if isinstance(extra, Mapping):
+            value = extra.get(name)
+    return default if value is None else value
+
+
+def message_attributes(message: Any, sender: str | None, recipient: str | None) -> dict[str, Any]:
+    """Attributes of a `message` span for one message sent between two agents."""
+    attrs: dict[str, Any] = {"message.sender": sender, "message.recipient": recipient}
+    if isinstance(message, str) or not isinstance(message, Mapping):
+        attrs["message.content"] = jsonable(message)
+        return attrs
+    attrs["message.content"] = jsonable(message.get("content"))
+    for key, attr in (
+        ("role", "message.role"),
+        ("name", "message.name"),
+        ("tool_calls", "message.tool_calls"),
+        ("tool_responses", "message.tool_responses"),
+        ("function_call", "message.function_call"),
+    ):
+        if message.get(key) is not None:
+            attrs[attr] = jsonable(message[key])
+    return attrs
+
+
+def parse_arguments(arguments: Any) -> Any:
+    """Tool arguments as AutoGen's model sent them (a JSON string), decoded when possible."""
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except ValueError:
+            return arguments
+    return jsonable(arguments)
+
+
+def parse_timestamp(value: Any) -> float | None:
+    """AutoGen's `get_current_ts()` strings ("%Y-%m-%d %H:%M:%S.%f", UTC) as epoch seconds."""
+    if not isinstance(value, str):
+        return None
+    try:
+        stamp = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp.timestamp()
+
+
+def _usage(response: Any) -> tuple[int | None, int | None]:
+    usage = field(response, "usage")
+    if usage is None:
+        return None, None
+    return field(usage, "prompt_tokens"), field(usage, "completion_tokens")
+
+
+def _logprobs(choice: Any) -> list[float] | None:
+    content = field(field(choice, "logprobs"), "content")
+    if not isinstance(content, list) or not content:
+        return None
+    values = [field(item, "logprob") for item in content]
+    return values if all(isinstance(v, int | float) for v in values) else None
+
+
+def _token_ids(value: Any) -> list[int] | None:
+    if isinstance(value, list | tuple) and all(isinstance(v, int) for v in value):
+        return list(value)
+    return None
+
+
+def llm_attributes(request: Any, response: Any, *, cached: Any = None, cost: Any = None) -> dict[str, Any]:
+    """Attributes of an `llm` span from AutoGen's request params and the client's response.
+
+    Names follow the OpenTelemetry GenAI conventions; token ids and logprobs use the field
+    names vLLM's `return_token_ids` uses (and Voltline's proxy returns): `prompt_token_ids`
+    on the response (or its first choice) and `token_ids` on the choice.
+    """
+    request = request if isinstance(request, Mapping) else {}
+    attrs: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": request.get("model"),
+        "gen_ai.input.messages": jsonable(request.get("messages", request.get("prompt"))),
+        "gen_ai.tool.definitions": jsonable(request.get("tools")),
+        "ag2.cached": bool(cached) if cached is not None else None,
+        "ag2.cost": cost if isinstance(cost, int | float) else None,
+    }
+    if isinstance(response, str):  # AutoGen logs failed calls as "error_code:..., config i failed"
+        attrs["error.message"] = response
+        return {k: v for k, v in attrs.items() if v is not None}
+    choices = field(response, "choices") or []
+    first = choices[0] if choices else None
+    input_tokens, output_tokens = _usage(response)
+    attrs.update(
+        {
+            "gen_ai.response.id": field(response, "id"),
+            "gen_ai.response.model": field(response, "model"),
+            "gen_ai.output.messages": [jsonable(field(choice, "message")) for choice in choices] or None,
+            "gen_ai.response.finish_reasons": [
+                field(c, "finish_reason") for c in choices if field(c, "finish_reason")
+            ]
+            or None,
+            "gen_ai.usage.input_tokens": input_tokens,
+            "gen_ai.usage.output_tokens": output_tokens,
+            "prompt_token_ids": _token_ids(field(response, "prompt_token_ids"))
+            or _token_ids(field(first, "prompt_token_ids")),
+            "response_token_ids": _token_ids(field(first, "token_ids")),
+            "response_logprobs": _logprobs(first) if first is not None else None,
+        }
+    )
+    if attrs["gen_ai.request.model"] is None:
+        attrs["gen_ai.request.model"] = attrs["gen_ai.response.model"]
+    return {k: v for k, v in attrs.items() if v is not None}

@@ -1,0 +1,308 @@
+"""CrewAI events -> span kind, name and attributes (OpenTelemetry GenAI names where one exists).
+
+Everything here reads events duck-typed (``getattr`` with defaults), so a field renamed
+in a newer CrewAI degrades to a missing attribute instead of a failed capture. These
+functions run on CrewAI's handler threads, right when the event arrives, and copy what
+they need into plain values, so no framework object is kept alive by a span.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["EndSpec", "StartSpec", "end_spec", "start_spec", "tool_calls_of"]
+
+# Scope-starting CrewAI events mapped to a span kind. Scope types not listed here (flows
+# inside an agent's executor, guardrails, ...) still take part in nesting; see _tracker.
+RETRIEVER_SCOPES = frozenset(
+    {
+        "memory_retrieval_started",
+        "memory_query_started",
+        "knowledge_query_started",
+        "knowledge_search_query_started",
+    }
+)
+TOOL_SCOPES = frozenset({"tool_usage_started", "mcp_tool_execution_started"})
+AGENT_SCOPES = frozenset({"agent_execution_started", "lite_agent_execution_started"})
+# Flows are CrewAI's own steps when a user runs them, but every agent's executor is also
+# a Flow; those inner ones would add two meaningless levels under each agent span.
+FLOW_SCOPES = frozenset({"flow_started", "method_execution_started"})
+
+
+@dataclass
+class StartSpec:
+    """What a scope-starting event opens."""
+
+    kind: str | None  # None: no span of its own (children attach to its parent)
+    name: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+    agent_name: str | None = None
+
+
+@dataclass
+class EndSpec:
+    """What a scope-ending event adds to the span it closes."""
+
+    attributes: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready copy of a framework value (pydantic models, sets, objects -> str)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        try:
+            return _plain(dump(mode="json"))
+        except Exception:
+            pass
+    raw = getattr(value, "raw", None)  # TaskOutput / CrewOutput
+    if isinstance(raw, str):
+        return raw
+    return str(value)
+
+
+def _output(value: Any) -> Any:
+    """A task/crew/agent output as its text (TaskOutput and CrewOutput carry it in `raw`)."""
+    raw = getattr(value, "raw", None)
+    return raw if isinstance(raw, str) else _plain(value)
+
+
+def _drop_none(attrs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in attrs.items() if v is not None}
+
+
+def _tool_names(tools: Any) -> list[str] | None:
+    if not tools:
+        return None
+    return [str(getattr(t, "name", t)) for t in tools]
+
+
+def _tool_definitions(tools: Any) -> list[Any] | None:
+    if not tools:
+        return None
+    return [_plain(t) for t in tools]
+
+
+def _agent_attrs(agent: Any) -> dict[str, Any]:
+    role = getattr(agent, "role", None)
+    return {
+        "gen_ai.operation.name": "invoke_agent",
+        "gen_ai.agent.name": role,
+        "gen_ai.agent.id": str(agent.id) if getattr(agent, "id", None) is not None else None,
+        "crewai.agent.goal": getattr(agent, "goal", None),
+    }
+
+
+def _output_messages(response: Any) -> list[dict[str, Any]]:
+    """A completion as one assistant message: text, or the tool calls it asked for."""
+    if isinstance(response, list) and response and all(isinstance(c, dict) for c in response):
+        calls = []
+        for c in response:
+            fn = c.get("function") or {}
+            calls.append(
+                {
+                    "id": c.get("id") or c.get("call_id"),
+                    "type": "function",
+                    "function": {
+                        "name": fn.get("name", c.get("name")),
+                        "arguments": fn.get("arguments", c.get("input")),
+                    },
+                }
+            )
+        return [{"role": "assistant", "content": None, "tool_calls": calls}]
+    return [{"role": "assistant", "content": _plain(response)}]
+
+
+def tool_calls_of(response: Any) -> list[tuple[str, str]]:
+    """(tool name, call id) of each tool call in a completion, in order."""
+    if not isinstance(response, list):
+        return []
+    out = []
+    for c in response:
+        if isinstance(c, dict):
+            name = (c.get("function") or {}).get("name") or c.get("name")
+            call_id = c.get("id") or c.get("call_id")
+            if name and call_id:
+                out.append((str(name), str(call_id)))
+    return out
+
+
+def _usage(usage: Any) -> dict[str, Any]:
+    if not isinstance(usage, dict):
+        return {}
+    # OpenAI-style names first, then Anthropic/Gemini-style ones.
+    inp = usage.get("prompt_tokens", usage.get("input_tokens"))
+    out = usage.get("completion_tokens", usage.get("output_tokens"))
+    return {"gen_ai.usage.input_tokens": inp, "gen_ai.usage.output_tokens": out}
+
+
+def _args(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return _plain(value)
+
+
+def start_spec(event: Any, source: Any) -> StartSpec:
+    """The span a scope-starting event opens (kind None: none of its own)."""
+    etype = getattr(event, "type", "")
+    if etype == "crew_kickoff_started":
+        name = getattr(event, "crew_name", None) or "crew"
+        return StartSpec(
+            "chain",
+            f"crew {name}",
+            _drop_none(
+                {"crewai.crew.name": name, "crewai.crew.inputs": _plain(getattr(event, "inputs", None))}
+            ),
+        )
+    if etype == "task_started":
+        task = getattr(event, "task", None)
+        name = getattr(event, "task_name", None) or getattr(task, "name", None) or "task"
+        agent = getattr(task, "agent", None)
+        return StartSpec(
+            "chain",
+            f"task {name}",
+            _drop_none(
+                {
+                    "crewai.task.id": getattr(event, "task_id", None) or _plain(getattr(task, "id", None)),
+                    "crewai.task.name": name,
+                    "crewai.task.description": getattr(task, "description", None),
+                    "crewai.task.expected_output": getattr(task, "expected_output", None),
+                    "crewai.task.agent": getattr(agent, "role", None),
+                    "crewai.task.context": getattr(event, "context", None),
+                }
+            ),
+        )
+    if etype == "agent_execution_started":
+        agent = getattr(event, "agent", None)
+        role = getattr(agent, "role", None) or "agent"
+        attrs = _agent_attrs(agent)
+        attrs["gen_ai.agent.name"] = role
+        attrs["crewai.agent.tools"] = _tool_names(getattr(event, "tools", None))
+        attrs["crewai.task.prompt"] = getattr(event, "task_prompt", None)
+        return StartSpec("agent", role, _drop_none(attrs), agent_name=role)
+    if etype == "lite_agent_execution_started":
+        info = getattr(event, "agent_info", None) or {}
+        role = str(info.get("role") or "agent")
+        return StartSpec(
+            "agent",
+            role,
+            _drop_none(
+                {
+                    "gen_ai.operation.name": "invoke_agent",
+                    "gen_ai.agent.name": role,
+                    "gen_ai.agent.id": _plain(info.get("id")),
+                    "crewai.agent.goal": info.get("goal"),
+                    "crewai.agent.tools": _tool_names(getattr(event, "tools", None)),
+                    "gen_ai.input.messages": _plain(getattr(event, "messages", None)),
+                }
+            ),
+            agent_name=role,
+        )
+    if etype == "llm_call_started":
+        model = getattr(event, "model", None) or getattr(source, "model", None) or "unknown"
+        return StartSpec(
+            "llm",
+            f"chat {model}",
+            _drop_none(
+                {
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.provider.name": _plain(getattr(source, "provider", None)),
+                    "gen_ai.request.model": model,
+                    "gen_ai.input.messages": _plain(getattr(event, "messages", None)),
+                    "gen_ai.tool.definitions": _tool_definitions(getattr(event, "tools", None)),
+                    "gen_ai.request.temperature": getattr(event, "temperature", None),
+                    "gen_ai.request.top_p": getattr(event, "top_p", None),
+                    "gen_ai.request.max_tokens": getattr(event, "max_tokens", None),
+                    "gen_ai.request.seed": getattr(event, "seed", None),
+                    "gen_ai.request.stop_sequences": getattr(event, "stop_sequences", None),
+                    "gen_ai.request.stream": getattr(event, "stream", None),
+                    "crewai.llm.call_id": getattr(event, "call_id", None),
+                }
+            ),
+            agent_name=getattr(event, "agent_role", None),
+        )
+    if etype in TOOL_SCOPES:
+        name = str(getattr(event, "tool_name", None) or "tool")
+        return StartSpec(
+            "tool",
+            f"execute_tool {name}",
+            _drop_none(
+                {
+                    "gen_ai.operation.name": "execute_tool",
+                    "gen_ai.tool.name": name,
+                    "gen_ai.tool.call.arguments": _args(getattr(event, "tool_args", None)),
+                    "crewai.tool.run_attempts": getattr(event, "run_attempts", None),
+                }
+            ),
+            agent_name=getattr(event, "agent_role", None),
+        )
+    if etype in FLOW_SCOPES:
+        name = getattr(event, "method_name", None) or getattr(event, "flow_name", None) or "flow"
+        return StartSpec(
+            "chain",
+            f"{etype.removesuffix('_started').replace('_', ' ')} {name}",
+            _drop_none({"crewai.flow.name": getattr(event, "flow_name", None)}),
+        )
+    kind = "retriever" if etype in RETRIEVER_SCOPES else "chain"
+    return StartSpec(kind, etype.removesuffix("_started"), agent_name=getattr(event, "agent_role", None))
+
+
+def _error_text(event: Any) -> str:
+    error = getattr(event, "error", None)
+    return str(error) if error is not None else "failed"
+
+
+def end_spec(event: Any) -> EndSpec:
+    """What a scope-ending event adds to (and says about) the span it closes."""
+    etype = getattr(event, "type", "")
+    if etype == "llm_call_completed":
+        response = getattr(event, "response", None)
+        finish = getattr(event, "finish_reason", None)
+        attrs = {
+            "gen_ai.output.messages": _output_messages(response),
+            "gen_ai.response.id": getattr(event, "response_id", None),
+            "gen_ai.response.model": getattr(event, "model", None),
+            "gen_ai.response.finish_reasons": [finish] if finish else None,
+            "crewai.llm.call_type": _plain(getattr(getattr(event, "call_type", None), "value", None)),
+            **_usage(getattr(event, "usage", None)),
+        }
+        return EndSpec(_drop_none(attrs))
+    if etype == "tool_usage_finished":
+        failure = getattr(event, "failure", None)
+        attrs = {
+            "gen_ai.tool.call.result": _plain(getattr(event, "output", None)),
+            "crewai.tool.from_cache": getattr(event, "from_cache", None),
+        }
+        if failure is not None:  # the tool returned, but reported that it did not do the work
+            attrs["crewai.tool.failure"] = _plain(getattr(failure, "message", failure))
+        return EndSpec(_drop_none(attrs))
+    if etype in ("agent_execution_completed", "lite_agent_execution_completed"):
+        return EndSpec(_drop_none({"crewai.agent.output": _output(getattr(event, "output", None))}))
+    if etype == "task_completed":
+        return EndSpec(_drop_none({"crewai.task.output": _output(getattr(event, "output", None))}))
+    if etype == "crew_kickoff_completed":
+        return EndSpec(
+            _drop_none(
+                {
+                    "crewai.crew.output": _output(getattr(event, "output", None)),
+                    "crewai.crew.total_tokens": getattr(event, "total_tokens", None),
+                }
+            )
+        )
+    if etype.endswith(("_failed", "_error", "_canceled")):
+        error = getattr(event, "error", None)
+        # CrewAI hands tool errors over as the exception itself, most others as text.
+        attrs = {"error.type": type(error).__qualname__} if isinstance(error, BaseException) else {}
+        return EndSpec(attrs, error=_error_text(event))
+    return EndSpec({})
