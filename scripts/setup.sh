@@ -16,9 +16,13 @@ if ! .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__.split("+
   "${pip[@]}" torch==2.13.0
 fi
 
-# Every distribution in the workspace: core first, then plugins and algorithm packages.
+# Every distribution in the workspace, resolved together: core (with the proxy's local model
+# backend), each plugin with its `examples` extra (what its example drives), each algorithm package.
 dists=("core[local]")
-for d in plugins/*/ algorithms/*/; do
+for d in plugins/*/; do
+  [ -f "$d/pyproject.toml" ] && dists+=("${d%/}[examples]")
+done
+for d in algorithms/*/; do
   [ -f "$d/pyproject.toml" ] && dists+=("${d%/}")
 done
 echo "==> installing ${dists[*]} (editable)"
