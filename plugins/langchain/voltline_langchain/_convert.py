@@ -1,0 +1,172 @@
+"""LangChain objects to span attributes: OpenAI-style chat messages and GenAI usage names.
+
+Messages are stored in the OpenAI chat shape (role, content, tool_calls with JSON-string
+arguments, tool_call_id), the shape the Voltline LLM proxy records and chat templates take,
+so spans from this plugin and from the proxy line up turn for turn.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, LLMResult
+
+__all__ = ["llm_result_attributes", "message_dict", "messages", "plain", "tool_result"]
+
+_ROLES = {
+    "human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "function",
+    # Streaming merges chunks into *MessageChunk objects, whose type names differ.
+    "HumanMessageChunk": "user", "AIMessageChunk": "assistant", "SystemMessageChunk": "system",
+    "ToolMessageChunk": "tool", "FunctionMessageChunk": "function",
+}  # fmt: skip
+_SCALARS = (str, int, float, bool, type(None))
+_SCALAR_TYPES = frozenset(_SCALARS)
+_CACHE_SIZE = 128
+
+
+def plain(value: Any) -> Any:
+    """A JSON-safe form of `value`, cheap for the common cases (so the writer never has to coerce)."""
+    kind = type(value)
+    if kind in _SCALAR_TYPES:  # exact-type set lookup first: most values are plain scalars
+        return value
+    if kind is dict:
+        return {k if type(k) is str else str(k): plain(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [plain(v) for v in value]
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, BaseMessage):
+        return message_dict(value)
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if hasattr(value, "model_dump"):
+        try:
+            return plain(value.model_dump(mode="json"))
+        except Exception:  # a model that cannot dump itself is still worth its repr
+            pass
+    return repr(value)
+
+
+# An agent sends its whole history on every model call, so each message would be converted
+# once per later turn. Converted messages are kept by object identity (the strong reference
+# held here keeps the id from being reused), checked against the fields agents do change in
+# place (create_agent names its AIMessage after the call). Entries are shared: never mutate one.
+_converted: dict[int, tuple[BaseMessage, tuple[Any, ...], dict[str, Any]]] = {}
+
+
+def _fingerprint(message: BaseMessage) -> tuple[Any, ...]:
+    return (message.content, message.name, message.id, getattr(message, "tool_calls", None))
+
+
+def message_dict(message: BaseMessage) -> dict[str, Any]:
+    """One LangChain message as an OpenAI chat message (shared: do not mutate the result)."""
+    hit = _converted.get(id(message))
+    if hit is not None and hit[0] is message:
+        content, name, msg_id, calls = hit[1]
+        if (
+            message.content is content
+            and message.name == name
+            and message.id == msg_id
+            and getattr(message, "tool_calls", None) is calls
+        ):
+            return hit[2]
+    out = _message_dict(message)
+    if len(_converted) >= _CACHE_SIZE:
+        # Drop the oldest quarter; dicts keep insertion order. Races between threads at worst
+        # drop a few extra entries, which only costs a conversion.
+        for key in list(_converted)[: _CACHE_SIZE // 4]:
+            _converted.pop(key, None)
+    _converted[id(message)] = (message, _fingerprint(message), out)
+    return out
+
+
+def _message_dict(message: BaseMessage) -> dict[str, Any]:
+    role = _ROLES.get(message.type) or getattr(message, "role", None) or message.type
+    out: dict[str, Any] = {"role": role, "content": plain(message.content)}
+    if isinstance(message, AIMessage) and message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": call.get("id"),
+                "type": "function",
+                "function": {"name": call["name"], "arguments": json.dumps(plain(call.get("args", {})))},
+            }
+            for call in message.tool_calls
+        ]
+    if isinstance(message, ToolMessage):
+        out["tool_call_id"] = message.tool_call_id
+    if message.name:
+        out["name"] = message.name
+    return out
+
+
+def messages(items: Sequence[Any]) -> list[Any]:
+    return [message_dict(m) if isinstance(m, BaseMessage) else plain(m) for m in items]
+
+
+def _usage(message: BaseMessage | None, llm_output: Mapping[str, Any]) -> dict[str, Any]:
+    usage = getattr(message, "usage_metadata", None)
+    if usage:
+        out = {
+            "gen_ai.usage.input_tokens": usage.get("input_tokens"),
+            "gen_ai.usage.output_tokens": usage.get("output_tokens"),
+        }
+        cache_read = (usage.get("input_token_details") or {}).get("cache_read")
+        reasoning = (usage.get("output_token_details") or {}).get("reasoning")
+        if cache_read is not None:
+            out["gen_ai.usage.cache_read.input_tokens"] = cache_read
+        if reasoning is not None:
+            out["gen_ai.usage.reasoning.output_tokens"] = reasoning
+        return out
+    # Older integrations and plain LLMs report usage only in llm_output, OpenAI style.
+    tokens = llm_output.get("token_usage") or llm_output.get("usage") or {}
+    return {
+        "gen_ai.usage.input_tokens": tokens.get("prompt_tokens", tokens.get("input_tokens")),
+        "gen_ai.usage.output_tokens": tokens.get("completion_tokens", tokens.get("output_tokens")),
+    }
+
+
+def llm_result_attributes(response: LLMResult) -> dict[str, Any]:
+    """Output messages, finish reasons, usage, response id and model of one model call."""
+    generations = response.generations[0] if response.generations else []
+    llm_output = response.llm_output or {}
+    outputs: list[Any] = []
+    reasons: list[str] = []
+    first: BaseMessage | None = None
+    for generation in generations:
+        info = generation.generation_info or {}
+        if isinstance(generation, ChatGeneration):
+            message = generation.message
+            first = first or message
+            entry = dict(message_dict(message))  # a copy: finish_reason is added below
+            reason = message.response_metadata.get("finish_reason") or info.get("finish_reason")
+        else:  # a completion model: text only
+            entry = {"role": "assistant", "content": generation.text}
+            reason = info.get("finish_reason")
+        if reason:
+            entry["finish_reason"] = reason
+            reasons.append(str(reason))
+        outputs.append(entry)
+    metadata = first.response_metadata if first is not None else {}
+    response_id = metadata.get("id") or llm_output.get("id")
+    if response_id is None and first is not None and first.id and not first.id.startswith("lc_"):
+        response_id = first.id  # streamed provider messages carry the completion id here
+    attrs = {
+        "gen_ai.output.messages": outputs,
+        "gen_ai.response.finish_reasons": reasons or None,
+        "gen_ai.response.id": response_id,
+        "gen_ai.response.model": metadata.get("model_name") or llm_output.get("model_name"),
+        **_usage(first, llm_output),
+    }
+    return {k: v for k, v in attrs.items() if v is not None}
+
+
+def tool_result(output: Any) -> tuple[Any, bool]:
+    """What a tool returned, and whether LangChain marked it an error (a handled tool failure)."""
+    if isinstance(output, ToolMessage):
+        return plain(output.content), output.status == "error"
+    return plain(output), False

@@ -1,0 +1,424 @@
+"""`VoltlineCallbackHandler`: LangChain callbacks in, Voltline spans out.
+
+Every LangChain run (chain, LangGraph node, chat model, tool, retriever) becomes one span.
+Parents come from LangChain's own `parent_run_id`, not from whatever context the callback
+happens to run in, so nesting survives `ainvoke`, streaming and tools run on thread pools
+(the LangGraph async parent-link problem other tracers hit). A run LangChain marks hidden
+(`langsmith:hidden`) gets no span; its children attach to the nearest visible ancestor.
+
+While a tool or retriever runs, its span is also Voltline's current span, so `voltline.emit_*`
+calls and other plugins' spans inside a tool nest under it. Chains and graph nodes are not made
+current: async LangGraph starts a node in the caller's task and ends it in another, so a
+current span set at the start would leak into the caller (and be left there) after the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import LLMResult
+
+import voltline
+from voltline import _context
+from voltline._emitter import get_emitter
+
+from . import _convert
+
+__all__ = ["VoltlineCallbackHandler"]
+
+log = logging.getLogger("voltline.langchain")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+HIDDEN_TAG = "langsmith:hidden"
+CREATE_AGENT = "langchain_create_agent"  # metadata `ls_integration` of langchain.agents.create_agent
+
+
+@dataclass(slots=True)
+class _Run:
+    handle: voltline.SpanHandle | None  # None: outside any rollout, nothing is recorded
+    own: bool  # False for a hidden run standing in for its ancestor's span
+    agent: str | None  # the LangChain agent (lc_agent_name) this run belongs to
+    previous: Any = None  # Voltline's current span before this run made itself current
+    first_token: bool = True
+
+
+def _guard(method: Callable[..., T]) -> Callable[..., T | None]:
+    """Capture code never raises into the agent: log the first failure of a kind, count all."""
+
+    @functools.wraps(method)
+    def wrapper(self: VoltlineCallbackHandler, *args: Any, **kwargs: Any) -> T | None:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            self._failed(method.__name__, exc)
+            return None
+
+    return wrapper
+
+
+class VoltlineCallbackHandler(BaseCallbackHandler):
+    """Records LangChain runs as Voltline spans in the current rollout.
+
+    Explicit use, without patching anything globally::
+
+        handler = VoltlineCallbackHandler()
+        with voltline.rollout(task):
+            agent.invoke(inputs, config={"callbacks": [handler]})
+
+    `voltline.instrument()` adds one to every LangChain run instead. Runs started outside a
+    `voltline.rollout(...)` are not recorded (counted once per run as `outside_rollout`).
+    """
+
+    # Called in the run's own thread and context, in order: a sync handler would otherwise be
+    # moved to an executor thread under async runs, losing ordering and contextvars.
+    run_inline = True
+    raise_error = False
+
+    def __init__(self, emitter: Any = None) -> None:
+        super().__init__()
+        self._emitter = emitter
+        self._runs: dict[UUID, _Run] = {}
+        self._reported: set[tuple[str, type]] = set()
+        self._warned_outside = False
+
+    # bookkeeping -------------------------------------------------------------------------
+    def _failed(self, where: str, exc: Exception) -> None:
+        # An emitter without counters must not turn a capture failure into a raise.
+        with contextlib.suppress(Exception):
+            (self._emitter or get_emitter()).count("capture_errors")
+        key = (where, type(exc))
+        if key in self._reported:
+            log.debug("voltline: langchain %s failed again", where, exc_info=True)
+            return
+        self._reported.add(key)
+        log.error(
+            "voltline: langchain capture failed in %s (%s: %s); the agent goes on, further failures "
+            "of this kind are only counted in voltline.emitter_stats()['capture_errors']",
+            where, type(exc).__name__, exc, exc_info=True,
+        )  # fmt: skip
+
+    def _convert(self, where: str, fn: Callable[[], T]) -> T | None:
+        """Run one payload conversion; on failure the span is still recorded, without it."""
+        try:
+            return fn()
+        except Exception as exc:
+            self._failed(where, exc)
+            return None
+
+    def _start(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        name: str,
+        kind: str,
+        attributes: dict[str, Any],
+        tags: Sequence[str] | None,
+        metadata: Mapping[str, Any] | None,
+        *,
+        make_current: bool = False,
+    ) -> _Run:
+        parent = self._runs.get(parent_run_id) if parent_run_id is not None else None
+        metadata = metadata or {}
+        agent = metadata.get("lc_agent_name")
+        if parent is not None:
+            if parent.handle is None:  # the whole tree is outside a rollout
+                run = self._runs[run_id] = _Run(None, False, agent)
+                return run
+            if tags and HIDDEN_TAG in tags and kind == "chain":
+                run = self._runs[run_id] = _Run(parent.handle, False, parent.agent)
+                return run
+            parent_handle: Any = parent.handle
+            parent_agent = parent.agent
+        else:
+            if _context.current_rollout() is None and _context.current_span() is None:
+                self._outside(name)
+                run = self._runs[run_id] = _Run(None, False, agent)
+                return run
+            parent_handle = _context.CURRENT
+            parent_agent = None
+        if kind == "chain" and self._starts_agent(metadata, agent, parent_agent, parent):
+            kind = "agent"
+            agent = agent or name
+            attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent, **attributes}
+            name = f"invoke_agent {agent}"
+        handle = voltline.start_span(name, kind, parent=parent_handle, attributes=attributes)
+        run = _Run(handle, True, agent or parent_agent)
+        if make_current:
+            run.previous = _context._current.get()
+            _context._current.set(handle)
+        self._runs[run_id] = run
+        return run
+
+    @staticmethod
+    def _starts_agent(
+        metadata: Mapping[str, Any], agent: str | None, parent_agent: str | None, parent: _Run | None
+    ) -> bool:
+        # create_agent stamps its graph's runs with lc_agent_name (when named) and ls_integration;
+        # the first run carrying a new agent name is the agent's own invocation.
+        if agent is not None:
+            return agent != parent_agent or parent is None
+        return metadata.get("ls_integration") == CREATE_AGENT and parent is None
+
+    def _end(
+        self,
+        run_id: UUID,
+        *,
+        error: BaseException | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        status: str = "ok",
+    ) -> _Run | None:
+        run = self._runs.pop(run_id, None)
+        if run is None or run.handle is None or not run.own:
+            return None
+        # Only undo what this run did in this context; an end arriving elsewhere leaves it be.
+        if _context._current.get() is run.handle:
+            _context._current.set(run.previous)
+        run.handle.end(error=error, attributes=attributes, status=status)
+        return run
+
+    def _outside(self, name: str) -> None:
+        (self._emitter or get_emitter()).count("outside_rollout")
+        if not self._warned_outside:
+            self._warned_outside = True
+            log.warning(
+                "voltline: LangChain run %r started outside any rollout and was not recorded; wrap the "
+                "agent run in `with voltline.rollout(task):` (counted in emitter_stats()['outside_rollout'])",
+                name,
+            )
+
+    # chains and agents ---------------------------------------------------------------------
+    @_guard
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any] | None,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        name = kwargs.get("name") or _serialized_name(serialized) or "chain"
+        attributes: dict[str, Any] = {}
+        if metadata and "langgraph_node" in metadata:
+            attributes["langgraph.node"] = metadata["langgraph_node"]
+            attributes["langgraph.step"] = metadata.get("langgraph_step")
+        run = self._start(run_id, parent_run_id, name, "chain", attributes, tags, metadata)
+        # Inputs only on top-level runs: a LangGraph node's input is the whole growing state,
+        # and the LLM spans below already hold every message.
+        if run.own and run.handle is not None and (parent_run_id is None or run.handle.kind == "agent"):
+            run.handle.attributes["input"] = _convert.plain(inputs)
+
+    @_guard
+    def on_chain_end(
+        self, outputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
+    ) -> None:
+        run = self._runs.get(run_id)
+        extra = None
+        if run is not None and run.own and run.handle is not None and "input" in run.handle.attributes:
+            extra = self._convert("on_chain_end", lambda: {"output": _convert.plain(outputs)})
+        self._end(run_id, attributes=extra)
+
+    @_guard
+    def on_chain_error(
+        self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
+    ) -> None:
+        self._end(run_id, error=error)
+
+    # models --------------------------------------------------------------------------------
+    @_guard
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any] | None,
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        attrs = _model_request(serialized, metadata, kwargs, operation="chat")
+        attrs["gen_ai.input.messages"] = _convert.messages(messages[0] if messages else [])
+        self._start_model(run_id, parent_run_id, attrs, tags, metadata)
+
+    @_guard
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any] | None,
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        attrs = _model_request(serialized, metadata, kwargs, operation="text_completion")
+        attrs["gen_ai.input.messages"] = [{"role": "user", "content": p} for p in prompts]
+        self._start_model(run_id, parent_run_id, attrs, tags, metadata)
+
+    def _start_model(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        attrs: dict[str, Any],
+        tags: list[str] | None,
+        metadata: dict[str, Any] | None,
+    ) -> None:
+        name = f"{attrs['gen_ai.operation.name']} {attrs.get('gen_ai.request.model') or 'unknown'}"
+        self._start(run_id, parent_run_id, name, "llm", attrs, tags, metadata)
+
+    @_guard
+    def on_llm_new_token(self, token: str, *, run_id: UUID, **kwargs: Any) -> None:
+        run = self._runs.get(run_id)
+        if run is not None and run.first_token and run.handle is not None:
+            run.first_token = False
+            attrs = run.handle.attributes
+            attrs["gen_ai.request.stream"] = True
+            attrs["gen_ai.response.time_to_first_chunk"] = time.time() - run.handle.start_time
+
+    @_guard
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        run = self._runs.get(run_id)
+        if run is None or run.handle is None:
+            self._runs.pop(run_id, None)
+            return
+        attrs = self._convert("on_llm_end", lambda: _convert.llm_result_attributes(response)) or {}
+        handle = run.handle
+        if "gen_ai.request.model" not in handle.attributes and "gen_ai.response.model" in attrs:
+            handle.name = f"{handle.attributes['gen_ai.operation.name']} {attrs['gen_ai.response.model']}"
+        self._end(run_id, attributes=attrs)
+
+    @_guard
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._end(run_id, error=error, attributes={"error.type": type(error).__qualname__})
+
+    # tools ---------------------------------------------------------------------------------
+    @_guard
+    def on_tool_start(
+        self,
+        serialized: dict[str, Any] | None,
+        input_str: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        inputs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
+        attrs: dict[str, Any] = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": name,
+            "gen_ai.tool.call.arguments": _convert.plain(inputs if inputs is not None else input_str),
+        }
+        if kwargs.get("tool_call_id"):
+            attrs["gen_ai.tool.call.id"] = kwargs["tool_call_id"]
+        description = (serialized or {}).get("description")
+        if description:
+            attrs["gen_ai.tool.description"] = description
+        # A tool's start, body and end run in one frame (BaseTool.run/arun), so making its span
+        # current is safe: restored in the same context it was set in.
+        self._start(
+            run_id, parent_run_id, f"execute_tool {name}", "tool", attrs, tags, metadata, make_current=True
+        )
+
+    @_guard
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        converted = self._convert("on_tool_end", lambda: _convert.tool_result(output))
+        result, is_error = converted if converted is not None else (None, False)
+        attrs: dict[str, Any] = {} if converted is None else {"gen_ai.tool.call.result": result}
+        if is_error:
+            attrs["error.message"] = result if isinstance(result, str) else repr(result)
+        self._end(run_id, attributes=attrs, status="error" if is_error else "ok")
+
+    @_guard
+    def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._end(run_id, error=error, attributes={"error.type": type(error).__qualname__})
+
+    # retrievers ----------------------------------------------------------------------------
+    @_guard
+    def on_retriever_start(
+        self,
+        serialized: dict[str, Any] | None,
+        query: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        name = kwargs.get("name") or _serialized_name(serialized) or "retriever"
+        attrs = {
+            "gen_ai.operation.name": "retrieval",
+            "gen_ai.data_source.id": name,
+            "retrieval.query": query,
+        }
+        self._start(
+            run_id, parent_run_id, f"retrieval {name}", "retriever", attrs, tags, metadata, make_current=True
+        )
+
+    @_guard
+    def on_retriever_end(self, documents: Sequence[Any], *, run_id: UUID, **kwargs: Any) -> None:
+        docs = self._convert("on_retriever_end", lambda: [
+            {"id": getattr(d, "id", None), "content": getattr(d, "page_content", None),
+             "metadata": _convert.plain(getattr(d, "metadata", {}))}
+            for d in documents
+        ])  # fmt: skip
+        self._end(run_id, attributes=None if docs is None else {"retrieval.documents": docs})
+
+    @_guard
+    def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._end(run_id, error=error)
+
+
+def _serialized_name(serialized: Mapping[str, Any] | None) -> str | None:
+    if not serialized:
+        return None
+    if serialized.get("name"):
+        return str(serialized["name"])
+    ids = serialized.get("id")
+    return str(ids[-1]) if isinstance(ids, list) and ids else None
+
+
+def _model_request(
+    serialized: Mapping[str, Any] | None,
+    metadata: Mapping[str, Any] | None,
+    kwargs: Mapping[str, Any],
+    *,
+    operation: str,
+) -> dict[str, Any]:
+    """Request attributes: LangChain's `ls_*` metadata first (every chat model sets it), then
+    the invocation parameters, then the serialized constructor arguments."""
+    metadata = metadata or {}
+    params = kwargs.get("invocation_params") or {}
+    ser_kwargs = (serialized or {}).get("kwargs") or {}
+    model = (
+        metadata.get("ls_model_name") or params.get("model") or params.get("model_name")
+        or ser_kwargs.get("model") or ser_kwargs.get("model_name")
+    )  # fmt: skip
+    attrs: dict[str, Any] = {"gen_ai.operation.name": operation}
+    optional = {
+        "gen_ai.provider.name": metadata.get("ls_provider") or params.get("_type"),
+        "gen_ai.request.model": model,
+        "gen_ai.request.temperature": metadata.get("ls_temperature", params.get("temperature")),
+        "gen_ai.request.max_tokens": metadata.get("ls_max_tokens", params.get("max_tokens")),
+        "gen_ai.request.stop_sequences": metadata.get("ls_stop") or params.get("stop"),
+        "gen_ai.tool.definitions": _convert.plain(params["tools"]) if params.get("tools") else None,
+    }
+    attrs.update((k, v) for k, v in optional.items() if v is not None)
+    return attrs
