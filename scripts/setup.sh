@@ -17,8 +17,8 @@ if ! .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__.split("+
 fi
 
 # Every distribution in the workspace, resolved together: core (with the proxy's local model
-# backend), each plugin with its `examples` extra (what its example drives), each algorithm package.
-dists=("core[local]")
+# backend and OTLP/protobuf ingest), each plugin with its `examples` extra (what its example drives), each algorithm package.
+dists=("core[local,otlp]")
 for d in plugins/*/; do
   [ -f "$d/pyproject.toml" ] && dists+=("${d%/}[examples]")
 done

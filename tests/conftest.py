@@ -58,11 +58,45 @@ def postgres_url() -> Iterator[str]:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/store.db"
-    return request.getfixturevalue("postgres_url")
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        "http-sqlite",
+        pytest.param("http-postgresql", marks=pytest.mark.postgres),
+    ]
+)
+def store_urls(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, str]]:
+    """(store URL, URL of the database that holds its data), per backend. The `http-*` ones
+    are a store server (in a thread, on a free port of 127.0.0.1) in front of a SQLite file
+    or a PostgreSQL schema."""
+    backend = request.param.removeprefix("http-")
+    db_url = (
+        f"sqlite:///{tmp_path}/store.db" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    )
+    if not request.param.startswith("http-"):
+        yield db_url, db_url
+        return
+    from voltline.server import ServerThread
+
+    monkeypatch.setenv("VOLTLINE_SPOOL_DIR", str(tmp_path / "spool"))
+    backing = voltline.connect(db_url)
+    with ServerThread(backing) as server:
+        yield server.url, db_url
+    backing.close()
+
+
+@pytest.fixture
+def store_url(store_urls: tuple[str, str]) -> str:
+    return store_urls[0]
+
+
+@pytest.fixture
+def database_url(store_urls: tuple[str, str]) -> str:
+    """The SQL database behind `store_url`, for tests that look at it directly."""
+    return store_urls[1]
 
 
 @pytest.fixture

@@ -475,7 +475,7 @@ def test_url_from_environment(demo: Demo) -> None:
     ("url", "expected"),
     [
         ("mysql://user@localhost/db", ["unsupported store URL 'mysql://user@localhost/db'", "sqlite:///"]),
-        ("http://localhost:8080", ["unsupported store URL"]),
+        ("http://127.0.0.1:1", ["store server at http://127.0.0.1:1 unreachable", "voltline store serve"]),
         ("voltline.db", ["unsupported store URL 'voltline.db'"]),
         ("postgresql://voltline@127.0.0.1:1/voltline",
          ["cannot open the store at postgresql://voltline@127.0.0.1:1/voltline", "port 1 failed", "refused"]),

@@ -5,18 +5,18 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from _sql import sql_engine
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine
 
 import voltline
 from voltline import _migrate
 from voltline._schema import metadata
 
 
-def test_migrated_schema_matches_the_models(store_url):
+def test_migrated_schema_matches_the_models(store_url, database_url):
     voltline.connect(store_url).close()
-    engine = create_engine(store_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    engine = sql_engine(database_url)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
         assert diff == [], f"schema drift between _schema.py and the migrations: {diff}"

@@ -16,25 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
+from _sql import scalar
 
 import voltline
 from voltline import AttemptLost, Store
 
 N_ROLLOUTS = 2000
 N_WORKERS = 8
-
-
-def count_rows(store_url: str, table: str) -> int:
-    url = sa.make_url(store_url)
-    if url.get_backend_name() == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one()
-    finally:
-        engine.dispose()
 
 
 # (a) many workers claiming at once ---------------------------------------------------------
@@ -58,7 +46,9 @@ def claim_until_empty(url: str, worker_id: str, seed: int, start: Any, results: 
 
 
 @pytest.mark.slow
-def test_concurrent_claims_take_each_rollout_exactly_once(store: Store, store_url: str) -> None:
+def test_concurrent_claims_take_each_rollout_exactly_once(
+    store: Store, store_url: str, database_url: str
+) -> None:
     queued = {r.rollout_id for r in store.enqueue_many([{"input": i} for i in range(N_ROLLOUTS)])}
     assert len(queued) == N_ROLLOUTS
 
@@ -86,7 +76,7 @@ def test_concurrent_claims_take_each_rollout_exactly_once(store: Store, store_ur
     assert set(counts) == queued
     assert [rid for rid, n in counts.items() if n != 1] == []
     assert sum(1 for _, claimed, _ in reports if claimed) >= 2  # the work really was shared
-    assert count_rows(store_url, "attempts") == N_ROLLOUTS
+    assert scalar(database_url, "SELECT COUNT(*) FROM attempts") == N_ROLLOUTS
     running = store.query_rollouts(status="running", limit=N_ROLLOUTS + 1)
     assert len(running) == N_ROLLOUTS
     assert {r.num_attempts for r in running} == {1}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
+from _sql import scalar
 
 import voltline
 from voltline import (
@@ -43,19 +43,6 @@ def span(claim: Claim, span_id: str, sequence: int | None = None, **fields: Any)
         "start_time": 1_700_000_000.0,
         **fields,
     }
-
-
-def scalar(store_url: str, query: str) -> Any:
-    """Run one SQL query on the store's database, outside the Store API."""
-    url = sa.make_url(store_url)
-    if url.get_backend_name() == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(sa.text(query)).scalar()
-    finally:
-        engine.dispose()
 
 
 def ids(rollouts: list[voltline.Rollout]) -> list[str]:
@@ -675,7 +662,7 @@ def test_resource_versions(store: Store) -> None:
     assert store.get_resource("prompt").version == 3
 
 
-def test_artifacts_are_stored_once_per_content_hash(store: Store, store_url: str) -> None:
+def test_artifacts_are_stored_once_per_content_hash(store: Store, database_url: str) -> None:
     weights = bytes(range(256)) * 100
     digest = hashlib.sha256(weights).hexdigest()
     a1 = store.put_resource("adapter", "lora_adapter", {"rank": 8}, artifact=weights)
@@ -686,8 +673,8 @@ def test_artifacts_are_stored_once_per_content_hash(store: Store, store_url: str
     assert (a1.version, a2.version) == (1, 2)
     assert store.get_resource("adapter", 1).artifact_hash == digest
     assert store.get_resource("adapter").artifact_size == len(weights)
-    assert scalar(store_url, "SELECT COUNT(*) FROM artifacts") == 2
-    assert scalar(store_url, f"SELECT COUNT(*) FROM artifacts WHERE hash = '{digest}'") == 1
+    assert scalar(database_url, "SELECT COUNT(*) FROM artifacts") == 2
+    assert scalar(database_url, f"SELECT COUNT(*) FROM artifacts WHERE hash = '{digest}'") == 1
     assert store.get_artifact(digest) == weights
     assert store.get_artifact(b1.artifact_hash or "") == b"different"
     assert store.get_resource("other").artifact_hash == hashlib.sha256(b"different").hexdigest()

@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
@@ -116,7 +117,8 @@ _rollout: contextvars.ContextVar[RolloutContext | None] = contextvars.ContextVar
     "voltline_rollout", default=None
 )
 _current: contextvars.ContextVar[SpanHandle | None] = contextvars.ContextVar("voltline_span", default=None)
-_default_store: Store | None = None
+_stores: dict[str, Store] = {}
+_stores_lock = threading.Lock()
 _warned_outside = False
 
 
@@ -126,14 +128,15 @@ def current_rollout() -> RolloutContext | None:
 
 
 def _store_for(store: Store | str | None) -> Store:
-    global _default_store
+    """The Store for a Store, a URL, or None (the default URL); one per URL per process, so a
+    loop of rollouts does not open a connection pool (or an HTTP client and spool) each time."""
     if isinstance(store, Store):
         return store
-    if store is not None:
-        return connect(store)
-    if _default_store is None:
-        _default_store = connect()
-    return _default_store
+    key = store or ""
+    with _stores_lock:
+        if key not in _stores:
+            _stores[key] = connect(store)
+        return _stores[key]
 
 
 @contextmanager

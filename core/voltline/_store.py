@@ -174,12 +174,14 @@ def redact_url(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
-def connect(url: str | None = None, *, create: bool = True) -> Store:
+def connect(url: str | None = None, *, create: bool = True, token: str | None = None) -> Store:
     """Open the store at `url`.
 
-    `sqlite:///path.db` (the default is `./voltline.db`, or `$VOLTLINE_STORE_URL` when set) or
-    `postgresql://user@host:port/db`. With `create=True` a missing SQLite file is created and
-    the schema brought up to date; with `create=False` a missing database is an error.
+    `sqlite:///path.db` (the default is `./voltline.db`, or `$VOLTLINE_STORE_URL` when set),
+    `postgresql://user@host:port/db`, or `http://host:port` (a `voltline store serve` server;
+    `token` is its bearer token, default `$VOLTLINE_STORE_TOKEN`). With `create=True` a
+    missing SQLite file is created and the schema brought up to date; with `create=False` a
+    missing database is an error.
     """
     url = url or os.environ.get("VOLTLINE_STORE_URL") or DEFAULT_URL
     scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
@@ -187,7 +189,11 @@ def connect(url: str | None = None, *, create: bool = True) -> Store:
         from ._sqlstore import SqlStore
 
         return SqlStore(url, create=create)
+    if scheme in ("http", "https"):
+        from ._httpstore import HttpStore
+
+        return HttpStore(url, token=token)
     raise InvalidInput(
-        f"unsupported store URL {redact_url(url)!r}: use sqlite:///path/to/file.db or "
-        "postgresql://user@host:port/database"
+        f"unsupported store URL {redact_url(url)!r}: use sqlite:///path/to/file.db, "
+        "postgresql://user@host:port/database or http://host:port (a store server)"
     )

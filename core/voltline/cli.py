@@ -32,6 +32,8 @@ from . import algorithms as _algorithms
 from ._errors import NotFound, SchemaOutOfDate, StoreUnavailable, VoltlineError
 from ._models import Attempt, Mode, Rollout, RolloutStatus, Span
 from ._store import DEFAULT_URL, Store, connect, redact_url
+from .proxy.cli import model_app, serve
+from .server.cli import store_app
 
 __all__ = ["app", "main"]
 
@@ -73,12 +75,15 @@ rollouts_app = typer.Typer(help="List rollouts, or show one in detail.", no_args
 spans_app = typer.Typer(help="Show the spans a rollout recorded.", no_args_is_help=True)
 resources_app = typer.Typer(help="List resources and their versions.", no_args_is_help=True)
 db_app = typer.Typer(help="Create, migrate and check the store's schema.", no_args_is_help=True)
-INSPECT, STORE, EXTEND = "Inspect the store", "Manage the store", "Extensions"
+INSPECT, STORE, MODELS, EXTEND = "Inspect the store", "Manage the store", "Models", "Extensions"
 app.add_typer(rollouts_app, name="rollouts", rich_help_panel=INSPECT)
 app.add_typer(spans_app, name="spans", rich_help_panel=INSPECT)
 app.add_typer(resources_app, name="resources", rich_help_panel=INSPECT)
 app.add_typer(db_app, name="db", rich_help_panel=STORE)
 # --- commands defined in other modules are added here, one line each ---
+app.add_typer(store_app, name="store", rich_help_panel=STORE)
+app.command("serve", rich_help_panel=MODELS)(serve)
+app.add_typer(model_app, name="model", rich_help_panel=MODELS)
 
 Url = Annotated[
     str,
@@ -907,7 +912,7 @@ def _root(
         ),
     ] = False,
 ) -> None:
-    """Voltline: inspect and export the rollouts, spans and resources your agents produce."""
+    """Voltline: capture your agents' runs, inspect and export them, serve models and stores."""
 
 
 def main() -> None:
