@@ -200,21 +200,6 @@ class HttpStore(Store):
         return orjson.loads(self._request(method, path, idempotent=idempotent, **kwargs).content)
 
     # rollouts and attempts ----------------------------------------------------------------------
-    def enqueue(
-        self,
-        input: Any = None,
-        *,
-        mode: str = "train",
-        timeout: float | None = None,
-        heartbeat_timeout: float | None = None,
-        max_attempts: int = 1,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> Rollout:
-        return self.enqueue_many(
-            [dict(input=input, mode=mode, timeout=timeout, heartbeat_timeout=heartbeat_timeout,
-                  max_attempts=max_attempts, metadata=metadata)]
-        )[0]  # fmt: skip
-
     def enqueue_many(self, rollouts: Iterable[NewRollout]) -> list[Rollout]:
         items = []
         for i, spec in enumerate(rollouts):

@@ -30,7 +30,6 @@ class Store(ABC):
     url: str
 
     # rollouts and attempts -------------------------------------------------------
-    @abstractmethod
     def enqueue(
         self,
         input: Any = None,
@@ -44,6 +43,10 @@ class Store(ABC):
         """Queue one rollout. `timeout` bounds an attempt's run time and `heartbeat_timeout`
         the silence between heartbeats (seconds); a failed, timed-out or unresponsive attempt
         is retried until `max_attempts` attempts have run."""
+        return self.enqueue_many(
+            [dict(input=input, mode=mode, timeout=timeout, heartbeat_timeout=heartbeat_timeout,
+                  max_attempts=max_attempts, metadata=metadata)]
+        )[0]  # fmt: skip
 
     @abstractmethod
     def enqueue_many(self, rollouts: Iterable[NewRollout]) -> list[Rollout]:

@@ -266,6 +266,11 @@ class Tracker:
                 try:
                     response = cv.get(event, "response")
                     attrs = cv.llm_response_attributes(response, chat=kind == "LLMChatEndEvent")
+                    if handle.attributes.get("gen_ai.request.stream"):
+                        # `raw` is then only the last chunk, whose token ids are not the call's;
+                        # the LLM proxy's record supplies them (voltline.proxy.join_token_ids).
+                        attrs.pop("prompt_token_ids", None)
+                        attrs.pop("response_token_ids", None)
                 finally:  # a response we cannot read still records the call (then it is counted)
                     handle.end(attributes=attrs)
 
