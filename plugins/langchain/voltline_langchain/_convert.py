@@ -153,6 +153,11 @@ def llm_result_attributes(response: LLMResult) -> dict[str, Any]:
         outputs.append(entry)
     metadata = first.response_metadata if first is not None else {}
     response_id = metadata.get("id") or llm_output.get("id")
+    headers = metadata.get("headers")
+    if response_id is None and isinstance(headers, dict):
+        # Streamed ChatOpenAI messages carry no completion id; the Voltline proxy repeats it in
+        # this header, which ChatOpenAI keeps with include_response_headers=True.
+        response_id = headers.get("x-voltline-completion-id")
     if response_id is None and first is not None and first.id and not first.id.startswith("lc_"):
         response_id = first.id  # streamed provider messages carry the completion id here
     attrs = {
