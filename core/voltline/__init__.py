@@ -39,8 +39,11 @@ from ._models import (
 )
 from ._plugins import instrument, uninstrument
 from ._store import Store, connect
+from ._trajectory import Trajectory, Turn
+from .adapter import build_trajectories
 from .algorithms import Algorithm
 from .hookspecs import hookimpl
+from .trainer import Trainer
 
 __version__ = "0.1.0"
 
@@ -65,9 +68,13 @@ __all__ = [
     "SpanStatus",
     "Store",
     "StoreUnavailable",
+    "Trainer",
+    "Trajectory",
+    "Turn",
     "VoltlineError",
     "algorithms",
     "bind_context",
+    "build_trajectories",
     "connect",
     "current_rollout",
     "current_span",
