@@ -14,7 +14,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 
-__all__ = ["llm_result_attributes", "message_dict", "messages", "plain", "tool_result"]
+__all__ = ["forget", "llm_result_attributes", "message_dict", "messages", "plain", "tool_result"]
 
 _ROLES = {
     "human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "function",
@@ -59,8 +59,20 @@ def plain(value: Any) -> Any:
 _converted: dict[int, tuple[BaseMessage, tuple[Any, ...], dict[str, Any]]] = {}
 
 
+def forget() -> None:
+    """Drop every cached conversion (the handler calls this when no LangChain run is in flight)."""
+    _converted.clear()
+
+
+def _tool_calls(message: BaseMessage) -> Any:
+    # Read from the instance dict: on a message without the field (human, tool, system),
+    # getattr goes through pydantic's __getattr__ and raises and catches an AttributeError,
+    # several times slower than the whole cache hit, on every history message of every turn.
+    return message.__dict__.get("tool_calls")
+
+
 def _fingerprint(message: BaseMessage) -> tuple[Any, ...]:
-    return (message.content, message.name, message.id, getattr(message, "tool_calls", None))
+    return (message.content, message.name, message.id, _tool_calls(message))
 
 
 def message_dict(message: BaseMessage) -> dict[str, Any]:
@@ -72,7 +84,7 @@ def message_dict(message: BaseMessage) -> dict[str, Any]:
             message.content is content
             and message.name == name
             and message.id == msg_id
-            and getattr(message, "tool_calls", None) is calls
+            and _tool_calls(message) is calls
         ):
             return hit[2]
     out = _message_dict(message)

@@ -15,12 +15,12 @@ current span set at the start would leak into the caller (and be left there) aft
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
@@ -36,7 +36,6 @@ from . import _convert
 __all__ = ["VoltlineCallbackHandler"]
 
 log = logging.getLogger("voltline.langchain")
-P = ParamSpec("P")
 T = TypeVar("T")
 
 HIDDEN_TAG = "langsmith:hidden"
@@ -50,20 +49,6 @@ class _Run:
     agent: str | None  # the LangChain agent (lc_agent_name) this run belongs to
     previous: Any = None  # Voltline's current span before this run made itself current
     first_token: bool = True
-
-
-def _guard(method: Callable[..., T]) -> Callable[..., T | None]:
-    """Capture code never raises into the agent: log the first failure of a kind, count all."""
-
-    @functools.wraps(method)
-    def wrapper(self: VoltlineCallbackHandler, *args: Any, **kwargs: Any) -> T | None:
-        try:
-            return method(self, *args, **kwargs)
-        except Exception as exc:
-            self._failed(method.__name__, exc)
-            return None
-
-    return wrapper
 
 
 class VoltlineCallbackHandler(BaseCallbackHandler):
@@ -83,6 +68,8 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
     # moved to an executor thread under async runs, losing ordering and contextvars.
     run_inline = True
     raise_error = False
+    # Every callback catches its own failures inline (log the first of a kind, count all) rather
+    # than through a wrapping decorator: one call frame less per callback on the agent's path.
 
     def __init__(self, emitter: Any = None) -> None:
         super().__init__()
@@ -151,7 +138,7 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
             agent = agent or name
             attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent, **attributes}
             name = f"invoke_agent {agent}"
-        handle = voltline.start_span(name, kind, parent=parent_handle, attributes=attributes)
+        handle = _open_span(name, kind, parent_handle, attributes)
         run = _Run(handle, True, agent or parent_agent)
         if make_current:
             run.previous = _context._current.get()
@@ -178,6 +165,11 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         status: str = "ok",
     ) -> _Run | None:
         run = self._runs.pop(run_id, None)
+        if not self._runs:
+            # Nothing in flight: the converted-message cache would only keep this agent run's
+            # messages alive into the next, where they age into the old GC generations and make
+            # full collections more frequent. Each run converts its own messages afresh.
+            _convert.forget()
         if run is None or run.handle is None or not run.own:
             return None
         # Only undo what this run did in this context; an end arriving elsewhere leaves it be.
@@ -197,7 +189,6 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
             )
 
     # chains and agents ---------------------------------------------------------------------
-    @_guard
     def on_chain_start(
         self,
         serialized: dict[str, Any] | None,
@@ -209,35 +200,44 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.get("name") or _serialized_name(serialized) or "chain"
-        attributes: dict[str, Any] = {}
-        if metadata and "langgraph_node" in metadata:
-            attributes["langgraph.node"] = metadata["langgraph_node"]
-            attributes["langgraph.step"] = metadata.get("langgraph_step")
-        run = self._start(run_id, parent_run_id, name, "chain", attributes, tags, metadata)
-        # Inputs only on top-level runs: a LangGraph node's input is the whole growing state,
-        # and the LLM spans below already hold every message.
-        if run.own and run.handle is not None and (parent_run_id is None or run.handle.kind == "agent"):
-            run.handle.attributes["input"] = _convert.plain(inputs)
+        try:
+            name = kwargs.get("name") or _serialized_name(serialized) or "chain"
+            attributes: dict[str, Any] = {}
+            if metadata and "langgraph_node" in metadata:
+                attributes["langgraph.node"] = metadata["langgraph_node"]
+                attributes["langgraph.step"] = metadata.get("langgraph_step")
+            run = self._start(run_id, parent_run_id, name, "chain", attributes, tags, metadata)
+            # Inputs only on top-level runs: a LangGraph node's input is the whole growing state,
+            # and the LLM spans below already hold every message.
+            if run.own and run.handle is not None and (parent_run_id is None or run.handle.kind == "agent"):
+                run.handle.attributes["input"] = _convert.plain(inputs)
+        except Exception as exc:  # never into the agent
+            self._failed("on_chain_start", exc)
 
-    @_guard
     def on_chain_end(
         self, outputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
     ) -> None:
-        run = self._runs.get(run_id)
-        extra = None
-        if run is not None and run.own and run.handle is not None and "input" in run.handle.attributes:
-            extra = self._convert("on_chain_end", lambda: {"output": _convert.plain(outputs)})
-        self._end(run_id, attributes=extra)
+        try:
+            run = self._runs.get(run_id)
+            extra = None
+            if run is not None and run.own and run.handle is not None and "input" in run.handle.attributes:
+                try:
+                    extra = {"output": _convert.plain(outputs)}
+                except Exception as exc:  # the span is still recorded, without its output
+                    self._failed("on_chain_end", exc)
+            self._end(run_id, attributes=extra)
+        except Exception as exc:  # never into the agent
+            self._failed("on_chain_end", exc)
 
-    @_guard
     def on_chain_error(
         self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
     ) -> None:
-        self._end(run_id, error=error)
+        try:
+            self._end(run_id, error=error)
+        except Exception as exc:  # never into the agent
+            self._failed("on_chain_error", exc)
 
     # models --------------------------------------------------------------------------------
-    @_guard
     def on_chat_model_start(
         self,
         serialized: dict[str, Any] | None,
@@ -249,11 +249,13 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        attrs = _model_request(serialized, metadata, kwargs, operation="chat")
-        attrs["gen_ai.input.messages"] = _convert.messages(messages[0] if messages else [])
-        self._start_model(run_id, parent_run_id, attrs, tags, metadata)
+        try:
+            attrs = _model_request(serialized, metadata, kwargs, operation="chat")
+            attrs["gen_ai.input.messages"] = _convert.messages(messages[0] if messages else [])
+            self._start_model(run_id, parent_run_id, attrs, tags, metadata)
+        except Exception as exc:  # never into the agent
+            self._failed("on_chat_model_start", exc)
 
-    @_guard
     def on_llm_start(
         self,
         serialized: dict[str, Any] | None,
@@ -265,9 +267,12 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        attrs = _model_request(serialized, metadata, kwargs, operation="text_completion")
-        attrs["gen_ai.input.messages"] = [{"role": "user", "content": p} for p in prompts]
-        self._start_model(run_id, parent_run_id, attrs, tags, metadata)
+        try:
+            attrs = _model_request(serialized, metadata, kwargs, operation="text_completion")
+            attrs["gen_ai.input.messages"] = [{"role": "user", "content": p} for p in prompts]
+            self._start_model(run_id, parent_run_id, attrs, tags, metadata)
+        except Exception as exc:  # never into the agent
+            self._failed("on_llm_start", exc)
 
     def _start_model(
         self,
@@ -280,33 +285,42 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         name = f"{attrs['gen_ai.operation.name']} {attrs.get('gen_ai.request.model') or 'unknown'}"
         self._start(run_id, parent_run_id, name, "llm", attrs, tags, metadata)
 
-    @_guard
     def on_llm_new_token(self, token: str, *, run_id: UUID, **kwargs: Any) -> None:
-        run = self._runs.get(run_id)
-        if run is not None and run.first_token and run.handle is not None:
-            run.first_token = False
-            attrs = run.handle.attributes
-            attrs["gen_ai.request.stream"] = True
-            attrs["gen_ai.response.time_to_first_chunk"] = time.time() - run.handle.start_time
+        try:
+            run = self._runs.get(run_id)
+            if run is not None and run.first_token and run.handle is not None:
+                run.first_token = False
+                attrs = run.handle.attributes
+                attrs["gen_ai.request.stream"] = True
+                attrs["gen_ai.response.time_to_first_chunk"] = time.time() - run.handle.start_time
+        except Exception as exc:  # never into the agent
+            self._failed("on_llm_new_token", exc)
 
-    @_guard
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        run = self._runs.get(run_id)
-        if run is None or run.handle is None:
-            self._runs.pop(run_id, None)
-            return
-        attrs = self._convert("on_llm_end", lambda: _convert.llm_result_attributes(response)) or {}
-        handle = run.handle
-        if "gen_ai.request.model" not in handle.attributes and "gen_ai.response.model" in attrs:
-            handle.name = f"{handle.attributes['gen_ai.operation.name']} {attrs['gen_ai.response.model']}"
-        self._end(run_id, attributes=attrs)
+        try:
+            run = self._runs.get(run_id)
+            if run is None or run.handle is None:
+                self._runs.pop(run_id, None)
+                return
+            try:
+                attrs = _convert.llm_result_attributes(response)
+            except Exception as exc:  # the span is still recorded, without the response
+                self._failed("on_llm_end", exc)
+                attrs = {}
+            handle = run.handle
+            if "gen_ai.request.model" not in handle.attributes and "gen_ai.response.model" in attrs:
+                handle.name = f"{handle.attributes['gen_ai.operation.name']} {attrs['gen_ai.response.model']}"
+            self._end(run_id, attributes=attrs)
+        except Exception as exc:  # never into the agent
+            self._failed("on_llm_end", exc)
 
-    @_guard
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._end(run_id, error=error, attributes={"error.type": type(error).__qualname__})
+        try:
+            self._end(run_id, error=error, attributes={"error.type": type(error).__qualname__})
+        except Exception as exc:  # never into the agent
+            self._failed("on_llm_error", exc)
 
     # tools ---------------------------------------------------------------------------------
-    @_guard
     def on_tool_start(
         self,
         serialized: dict[str, Any] | None,
@@ -319,38 +333,55 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         inputs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
-        attrs: dict[str, Any] = {
-            "gen_ai.operation.name": "execute_tool",
-            "gen_ai.tool.name": name,
-            "gen_ai.tool.call.arguments": _convert.plain(inputs if inputs is not None else input_str),
-        }
-        if kwargs.get("tool_call_id"):
-            attrs["gen_ai.tool.call.id"] = kwargs["tool_call_id"]
-        description = (serialized or {}).get("description")
-        if description:
-            attrs["gen_ai.tool.description"] = description
-        # A tool's start, body and end run in one frame (BaseTool.run/arun), so making its span
-        # current is safe: restored in the same context it was set in.
-        self._start(
-            run_id, parent_run_id, f"execute_tool {name}", "tool", attrs, tags, metadata, make_current=True
-        )
+        try:
+            name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
+            attrs: dict[str, Any] = {
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": name,
+                "gen_ai.tool.call.arguments": _convert.plain(inputs if inputs is not None else input_str),
+            }
+            if kwargs.get("tool_call_id"):
+                attrs["gen_ai.tool.call.id"] = kwargs["tool_call_id"]
+            description = (serialized or {}).get("description")
+            if description:
+                attrs["gen_ai.tool.description"] = description
+            # A tool's start, body and end run in one frame (BaseTool.run/arun), so making its span
+            # current is safe: restored in the same context it was set in.
+            self._start(
+                run_id,
+                parent_run_id,
+                f"execute_tool {name}",
+                "tool",
+                attrs,
+                tags,
+                metadata,
+                make_current=True,
+            )
+        except Exception as exc:  # never into the agent
+            self._failed("on_tool_start", exc)
 
-    @_guard
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        converted = self._convert("on_tool_end", lambda: _convert.tool_result(output))
-        result, is_error = converted if converted is not None else (None, False)
-        attrs: dict[str, Any] = {} if converted is None else {"gen_ai.tool.call.result": result}
-        if is_error:
-            attrs["error.message"] = result if isinstance(result, str) else repr(result)
-        self._end(run_id, attributes=attrs, status="error" if is_error else "ok")
+        try:
+            try:
+                converted: tuple[Any, bool] | None = _convert.tool_result(output)
+            except Exception as exc:  # the span is still recorded, without the result
+                self._failed("on_tool_end", exc)
+                converted = None
+            result, is_error = converted if converted is not None else (None, False)
+            attrs: dict[str, Any] = {} if converted is None else {"gen_ai.tool.call.result": result}
+            if is_error:
+                attrs["error.message"] = result if isinstance(result, str) else repr(result)
+            self._end(run_id, attributes=attrs, status="error" if is_error else "ok")
+        except Exception as exc:  # never into the agent
+            self._failed("on_tool_end", exc)
 
-    @_guard
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._end(run_id, error=error, attributes={"error.type": type(error).__qualname__})
+        try:
+            self._end(run_id, error=error, attributes={"error.type": type(error).__qualname__})
+        except Exception as exc:  # never into the agent
+            self._failed("on_tool_error", exc)
 
     # retrievers ----------------------------------------------------------------------------
-    @_guard
     def on_retriever_start(
         self,
         serialized: dict[str, Any] | None,
@@ -362,28 +393,67 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.get("name") or _serialized_name(serialized) or "retriever"
-        attrs = {
-            "gen_ai.operation.name": "retrieval",
-            "gen_ai.data_source.id": name,
-            "retrieval.query": query,
-        }
-        self._start(
-            run_id, parent_run_id, f"retrieval {name}", "retriever", attrs, tags, metadata, make_current=True
-        )
+        try:
+            name = kwargs.get("name") or _serialized_name(serialized) or "retriever"
+            attrs = {
+                "gen_ai.operation.name": "retrieval",
+                "gen_ai.data_source.id": name,
+                "retrieval.query": query,
+            }
+            self._start(
+                run_id,
+                parent_run_id,
+                f"retrieval {name}",
+                "retriever",
+                attrs,
+                tags,
+                metadata,
+                make_current=True,
+            )
+        except Exception as exc:  # never into the agent
+            self._failed("on_retriever_start", exc)
 
-    @_guard
     def on_retriever_end(self, documents: Sequence[Any], *, run_id: UUID, **kwargs: Any) -> None:
-        docs = self._convert("on_retriever_end", lambda: [
-            {"id": getattr(d, "id", None), "content": getattr(d, "page_content", None),
-             "metadata": _convert.plain(getattr(d, "metadata", {}))}
-            for d in documents
-        ])  # fmt: skip
-        self._end(run_id, attributes=None if docs is None else {"retrieval.documents": docs})
+        try:
+            docs = self._convert("on_retriever_end", lambda: [
+                {"id": getattr(d, "id", None), "content": getattr(d, "page_content", None),
+                 "metadata": _convert.plain(getattr(d, "metadata", {}))}
+                for d in documents
+            ])  # fmt: skip
+            self._end(run_id, attributes=None if docs is None else {"retrieval.documents": docs})
+        except Exception as exc:  # never into the agent
+            self._failed("on_retriever_end", exc)
 
-    @_guard
     def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._end(run_id, error=error)
+        try:
+            self._end(run_id, error=error)
+        except Exception as exc:  # never into the agent
+            self._failed("on_retriever_error", exc)
+
+
+def _span_id() -> str:
+    # Same 16-hex-digit shape as core's ids, without an os.urandom syscall per span (the random
+    # module reseeds itself in forked children, so ids stay distinct across worker processes).
+    return f"{random.getrandbits(64):016x}"
+
+
+def _open_span(name: str, kind: str, parent: Any, attributes: dict[str, Any]) -> voltline.SpanHandle:
+    """`voltline.start_span` minus work this handler never needs, on the hot path of every run.
+
+    `attributes` is always a fresh dict built by the caller, so it is not copied again; the
+    parent is a handle, None, or `_context.CURRENT`, and the agent name follows start_span's rule.
+    """
+    if parent is _context.CURRENT:
+        parent = _context._current.get()
+    agent_name = (attributes.get("gen_ai.agent.name") or name) if kind == "agent" else None
+    if parent is None:
+        return voltline.SpanHandle(
+            _span_id(), name, kind, attributes, None, agent_name, time.time(), _context._rollout.get()
+        )
+    return voltline.SpanHandle(
+        _span_id(), name, kind, attributes, parent.span_id, agent_name or parent.agent_name, time.time(),
+        parent.rollout or _context._rollout.get(),
+    )  # fmt: skip
 
 
 def _serialized_name(serialized: Mapping[str, Any] | None) -> str | None:
@@ -406,19 +476,28 @@ def _model_request(
     the invocation parameters, then the serialized constructor arguments."""
     metadata = metadata or {}
     params = kwargs.get("invocation_params") or {}
-    ser_kwargs = (serialized or {}).get("kwargs") or {}
-    model = (
-        metadata.get("ls_model_name") or params.get("model") or params.get("model_name")
-        or ser_kwargs.get("model") or ser_kwargs.get("model_name")
-    )  # fmt: skip
+    get, pget = metadata.get, params.get
+    model = get("ls_model_name") or pget("model") or pget("model_name")
+    if not model:
+        ser_kwargs = (serialized or {}).get("kwargs") or {}
+        model = ser_kwargs.get("model") or ser_kwargs.get("model_name")
+    # Built in the recorded key order, skipping absent values (no intermediate dicts: hot path).
     attrs: dict[str, Any] = {"gen_ai.operation.name": operation}
-    optional = {
-        "gen_ai.provider.name": metadata.get("ls_provider") or params.get("_type"),
-        "gen_ai.request.model": model,
-        "gen_ai.request.temperature": metadata.get("ls_temperature", params.get("temperature")),
-        "gen_ai.request.max_tokens": metadata.get("ls_max_tokens", params.get("max_tokens")),
-        "gen_ai.request.stop_sequences": metadata.get("ls_stop") or params.get("stop"),
-        "gen_ai.tool.definitions": _convert.plain(params["tools"]) if params.get("tools") else None,
-    }
-    attrs.update((k, v) for k, v in optional.items() if v is not None)
+    value = get("ls_provider") or pget("_type")
+    if value is not None:
+        attrs["gen_ai.provider.name"] = value
+    if model is not None:
+        attrs["gen_ai.request.model"] = model
+    value = get("ls_temperature", pget("temperature"))
+    if value is not None:
+        attrs["gen_ai.request.temperature"] = value
+    value = get("ls_max_tokens", pget("max_tokens"))
+    if value is not None:
+        attrs["gen_ai.request.max_tokens"] = value
+    value = get("ls_stop") or pget("stop")
+    if value is not None:
+        attrs["gen_ai.request.stop_sequences"] = value
+    value = pget("tools")
+    if value:
+        attrs["gen_ai.tool.definitions"] = _convert.plain(value)
     return attrs
