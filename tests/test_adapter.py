@@ -507,3 +507,69 @@ def test_trajectory_from_a_real_proxy_run(tmp_path: Path) -> None:
     finally:
         server.stop()
         store.close()
+
+
+# turns without token ids, for algorithms that read text (require_token_ids=False) -------------
+def test_text_only_turns_when_token_ids_are_not_required(local_store: Store) -> None:
+    question = [{"role": "user", "content": "plan 2+3"}]
+    with voltline.rollout("mixed", store=local_store) as mixed:
+        plan = voltline.emit_llm(model="gpt", input_messages=question,
+                                 output_messages=[{"role": "assistant", "content": "add them"}])  # fmt: skip
+        exact = llm([1, 2], [3], [-0.5], input_messages=[{"role": "user", "content": "solve"}],
+                    output_messages={"role": "assistant", "content": "5"})  # fmt: skip
+        half = voltline.emit_llm(model="gpt", prompt_token_ids=[7], output_messages="five")
+        voltline.emit_reward(0.75)
+    # The default still refuses the rollout: one turn without ids would corrupt an RL update.
+    strict = build_trajectories(local_store, [mixed.rollout_id])
+    assert strict.trajectories == [] and strict.skipped[mixed.rollout_id].startswith(
+        f"2 of 3 llm turns lack exact token ids (span {plan}: no prompt_token_ids)"
+    )
+
+    t = only(build_trajectories(local_store, [mixed.rollout_id], require_token_ids=False))
+    assert t.reward == 0.75
+    assert [
+        (turn.span_id, turn.prompt_token_ids, turn.response_token_ids, turn.response_logprobs, turn.reward)
+        for turn in t.turns
+    ] == [(plan, [], [], None, 0.75), (exact, [1, 2], [3], [-0.5], 0.75), (half, [], [], None, 0.75)]
+    assert [(turn.input_messages, turn.output_messages) for turn in t.turns] == [
+        (question, [{"role": "assistant", "content": "add them"}]),
+        ([{"role": "user", "content": "solve"}], [{"role": "assistant", "content": "5"}]),  # one dict: listed
+        (None, ["five"]),
+    ]
+    assert all(turn.model == "gpt" for turn in t.turns[::2]) and t.turns[1].model == "tiny"
+
+
+def test_default_turns_carry_no_messages_and_refused_ids_are_dropped(local_store: Store) -> None:
+    rid, _ = three_turn_rollout(local_store)
+    strict = only(build_trajectories(local_store, [rid]))
+    loose = only(build_trajectories(local_store, [rid], require_token_ids=False))
+    # Turns with exact ids keep them either way; only the text-only mode adds the messages.
+    assert [turn.response_token_ids for turn in loose.turns] == [[10, 11], [12], [13, 14, 2]]
+    assert [turn.model_dump(exclude={"input_messages", "output_messages"}) for turn in loose.turns] == [
+        turn.model_dump(exclude={"input_messages", "output_messages"}) for turn in strict.turns
+    ]
+    assert all(turn.input_messages is None and turn.output_messages is None for turn in strict.turns)
+
+    claim = local_store.start_rollout("refused ids")
+    rid2, aid = claim.rollout.rollout_id, claim.attempt.attempt_id
+    a, b = add_spans(local_store, rid2, aid, [
+        {"attributes": {**ids([1], [2]), "voltline.token_ids_source": "retokenized"}},
+        {"attributes": {"prompt_token_ids": "1 2", "response_token_ids": [4],
+                        "gen_ai.input.messages": [{"role": "user", "content": "hi"}]}},
+    ])  # fmt: skip
+    local_store.finish_attempt(aid, "succeeded")
+    t = only(build_trajectories(local_store, [rid2], require_token_ids=False))
+    # Ids the strict mode would refuse are never half-kept: the turn is text only.
+    assert [(turn.span_id, turn.prompt_token_ids, turn.response_token_ids) for turn in t.turns] == [
+        (a, [], []),
+        (b, [], []),
+    ]
+    assert t.turns[1].input_messages == [{"role": "user", "content": "hi"}] and t.reward is None
+    allowed = only(build_trajectories(local_store, [rid2], require_token_ids=False, allow_retokenized=True))
+    assert allowed.turns[0].response_token_ids == [2]
+    # Rollouts with nothing to learn from are still reported.
+    with voltline.rollout("tools only", store=local_store) as no_llm:
+        voltline.emit_tool("search", result="x")
+    assert build_trajectories(local_store, [no_llm.rollout_id], require_token_ids=False).skipped == {
+        no_llm.rollout_id: "no llm spans"
+    }

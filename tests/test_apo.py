@@ -268,3 +268,44 @@ def test_optimizer_reached_by_base_url(optimizer_server: tuple[str, list[str]]) 
     result = apo.run_step([trajectory(1, 0.0)])
     assert [r.payload for r in result.resources] == [{"template": STEP}] and apo.pending == [BRIEF]
     assert len(calls) == 2 and result.metrics["candidates_malformed"] == 1
+
+
+# an agent whose model records no token ids: APO still optimizes --------------------------------
+def text_only_agent(task: dict[str, Any], resources: dict[str, voltline.ResourceVersion]) -> str:
+    """quiz_agent's scripted model, called like a hosted API: text in, text out, no token ids."""
+    prompt = render(resources["prompt"].payload["template"], question=task["question"])
+    reasons, units = "step by step" in prompt, "units" in prompt
+    answer = task["answer"] if reasons and units else task["answer"].split()[0] if reasons else "7"
+    voltline.emit_llm(model="hosted", input_messages=[{"role": "user", "content": prompt}],
+                      output_messages=[{"role": "assistant", "content": answer}])  # fmt: skip
+    voltline.emit_reward(0.5 * reasons + 0.5 * units)
+    return answer
+
+
+def test_apo_optimizes_an_agent_that_records_no_token_ids(store_url: str) -> None:
+    assert APO.needs_token_ids is False and voltline.algorithms.Algorithm.needs_token_ids is True
+    calls: list[str] = []
+    seen: list[list[Trajectory]] = []
+    apo = APO(START, model="scripted-optimizer", client=optimizer_client(scripted_reply, calls),
+              beam_width=2, num_candidates=2, target_reward=1.0)  # fmt: skip
+    original_step = apo.step
+    apo.step = lambda trajectories: seen.append(list(trajectories)) or original_step(trajectories)  # type: ignore[method-assign]
+    with Trainer(store_url, text_only_agent, {"prompt": apo}, runners=0,
+                 initial_resources={"prompt": apo.initial_resource()}) as trainer:  # fmt: skip
+        apo.bind_store(trainer.store)
+        steps = [trainer.train_step(TASKS) for _ in range(6)]
+        history = trainer.store.resource_history("prompt")
+
+    # The same climb as with token ids: nothing was skipped for lack of them.
+    assert [m["mean_reward"] for m in steps] == [0.0, 0.5, 0.0, 1.0, 0.5, 1.0]
+    assert [(m["prompt/trajectories"], m["prompt/skipped"]) for m in steps] == [(2, 0)] * 6
+    assert [v.payload["template"] for v in history] == [START, STEP, BRIEF, BEST, FRENCH, BEST]
+    assert history[-1].created_by == "apo step 5" and apo.best_template == BEST
+    # APO received text-only turns: empty ids, the call's messages, the version it ran with.
+    first = seen[0][0].turns[0]
+    assert (first.prompt_token_ids, first.response_token_ids, first.model) == ([], [], "hosted")
+    assert first.input_messages == [{"role": "user", "content": "Q: 2 m + 3 m?"}]
+    assert first.output_messages == [{"role": "assistant", "content": "7"}]
+    assert first.resources == {"prompt": 1}
+    assert "Agent output: 7" in calls[0]
+    assert [current_template(c) for c in calls] == [START, START, STEP, STEP]

@@ -1,7 +1,9 @@
 """Trajectories: what algorithms train on, built from a rollout's spans by `voltline.adapter`.
 
 A trajectory is the ordered list of LLM turns of one rollout attempt, each with the exact
-token ids the model saw and produced, plus the rewards. Tool results and observations are
+token ids the model saw and produced, plus the rewards. Algorithms that work on text alone
+(prompt optimization) may ask for turns without ids: those turns have empty id lists and
+carry the call's input and output messages instead. Tool results and observations are
 never part of `response_token_ids`: they only ever appear inside a later turn's prompt, so a
 loss taken over response tokens alone never trains on text the model did not write.
 """
@@ -16,7 +18,13 @@ __all__ = ["MergedSequence", "Trajectory", "Turn", "merge_turns"]
 
 
 class Turn(BaseModel):
-    """One LLM call with the exact token ids it ran on."""
+    """One LLM call with the exact token ids it ran on.
+
+    Built with `require_token_ids=False`, a turn whose call recorded no usable ids has empty
+    `prompt_token_ids` / `response_token_ids`, and every turn then carries the call's
+    `input_messages` / `output_messages` (the span's `gen_ai.input.messages` /
+    `gen_ai.output.messages`); otherwise those stay None.
+    """
 
     span_id: str
     sequence: int
@@ -27,6 +35,8 @@ class Turn(BaseModel):
     response_logprobs: list[float] | None = None
     reward: float = 0.0  # assigned by the adapter's reward rule
     resources: dict[str, int] = Field(default_factory=dict)  # resource versions the call ran with
+    input_messages: list[Any] | None = None
+    output_messages: list[Any] | None = None
 
 
 class Trajectory(BaseModel):

@@ -5,7 +5,8 @@ succeeded, else the latest attempt), joins the LLM proxy's token ids onto framew
 spans, keeps the `llm` turns of the selected agent or resource in sequence order, and gives
 each turn a reward by the chosen rule. Rollouts it cannot turn into token-level data are
 listed in `AdapterResult.skipped` with the reason; nothing is ever re-tokenized here, because
-ids that differ from what the sampler produced silently corrupt RL updates.
+ids that differ from what the sampler produced silently corrupt RL updates. Algorithms that
+need only text (prompt optimization) pass `require_token_ids=False` and get turns without ids.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def build_trajectories(
     gamma: float = 1.0,
     strict_resource: bool = False,
     allow_retokenized: bool = False,
+    require_token_ids: bool = True,
 ) -> AdapterResult:
     """Build one trajectory per rollout from its stored spans.
 
@@ -70,6 +72,10 @@ def build_trajectories(
     (each primary reward span on the nearest turn before it, or on the turn it names) or
     "discounted" (primary reward times `gamma ** turns_after`). Proxy ids the proxy itself
     re-tokenized (its upstream returned none) count as missing unless `allow_retokenized`.
+
+    A rollout with an `llm` turn missing its ids is skipped, unless `require_token_ids=False`:
+    then such turns get empty id lists (ids that would be skipped are never half-kept) and
+    every turn carries its input and output messages, for algorithms that read text.
     """
     _check_rule(reward_rule, gamma)
     options: dict[str, Any] = {
@@ -79,6 +85,7 @@ def build_trajectories(
         "gamma": gamma,
         "strict_resource": strict_resource,
         "allow_retokenized": allow_retokenized,
+        "require_token_ids": require_token_ids,
     }
     result = AdapterResult()
     seen: set[str] = set()
@@ -125,6 +132,7 @@ def trajectory_from_spans(
     gamma: float = 1.0,
     strict_resource: bool = False,
     allow_retokenized: bool = False,
+    require_token_ids: bool = True,
 ) -> Trajectory:
     """The trajectory of one attempt's spans (see `build_trajectories`); raises `SkipRollout`."""
     _check_rule(reward_rule, gamma)
@@ -150,13 +158,21 @@ def trajectory_from_spans(
         wanted = [f"agent {agent_name!r}" if agent_name else "", f"resource {resource!r}" if resource else ""]
         raise SkipRollout(f"no llm turns for {' and '.join(w for w in wanted if w)}")
     missing = [s.span_id for s in selected if _token_problem(s, allow_retokenized)]
-    if missing:
+    if missing and require_token_ids:
         first = _token_problem(next(s for s in selected if s.span_id == missing[0]), allow_retokenized)
         raise SkipRollout(
             f"{len(missing)} of {len(selected)} llm turns lack exact token ids "
             f"(span {missing[0]}: {first}); serve the model through the Voltline proxy"
         )
-    turns = [_turn(s, agents.get(s.span_id), rollout, use_rollout_resources) for s in selected]
+    if require_token_ids:
+        turns = [_turn(s, agents.get(s.span_id), rollout, use_rollout_resources) for s in selected]
+    else:
+        absent = set(missing)
+        turns = [
+            _turn(s, agents.get(s.span_id), rollout, use_rollout_resources, ids=s.span_id not in absent,
+                  messages=True)
+            for s in selected
+        ]  # fmt: skip
     values = {s.span_id: v for s in spans if s.kind == "reward" and (v := _reward_value(s)) is not None}
     rewards = [s for s in spans if s.span_id in values]
     primary = [s for s in rewards if s.attributes.get("reward.primary", not s.attributes.get("reward.name"))]
@@ -239,10 +255,14 @@ def _token_problem(span: Span, allow_retokenized: bool) -> str | None:
     return None
 
 
-def _turn(span: Span, agent: str | None, rollout: Rollout, use_rollout: bool) -> Turn:
+def _turn(
+    span: Span, agent: str | None, rollout: Rollout, use_rollout: bool, *, ids: bool = True,
+    messages: bool = False,
+) -> Turn:  # fmt: skip
     attrs = span.attributes
-    response = attrs["response_token_ids"]
-    logprobs = attrs.get("response_logprobs")
+    prompt = attrs["prompt_token_ids"] if ids else []
+    response = attrs["response_token_ids"] if ids else []
+    logprobs = attrs.get("response_logprobs") if ids else None
     # Logprobs that do not line up one-to-one with the response are unusable as old-policy values.
     if not (isinstance(logprobs, list) and len(logprobs) == len(response)
             and all(isinstance(v, int | float) and not isinstance(v, bool) for v in logprobs)):  # fmt: skip
@@ -250,10 +270,19 @@ def _turn(span: Span, agent: str | None, rollout: Rollout, use_rollout: bool) ->
     return Turn(
         span_id=span.span_id, sequence=span.sequence if span.sequence is not None else 0, agent_name=agent,
         model=attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model"),
-        prompt_token_ids=list(attrs["prompt_token_ids"]), response_token_ids=list(response),
+        prompt_token_ids=list(prompt), response_token_ids=list(response),
         response_logprobs=[float(v) for v in logprobs] if logprobs is not None else None,
         resources=dict(span.resources) if not use_rollout else dict(rollout.resources),
+        input_messages=_messages(attrs.get("gen_ai.input.messages")) if messages else None,
+        output_messages=_messages(attrs.get("gen_ai.output.messages")) if messages else None,
     )  # fmt: skip
+
+
+def _messages(value: Any) -> list[Any] | None:
+    # Spans come from many writers: a single message or a bare string is still the call's text.
+    if value is None or isinstance(value, list):
+        return value
+    return [value]
 
 
 def _reward_value(span: Span) -> float | None:

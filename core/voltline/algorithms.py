@@ -83,10 +83,16 @@ class Algorithm(abc.ABC):
     Subclasses set ``name`` (or get it from :func:`register`), optionally ``resources``
     (the names of the resources they own by default) and implement :meth:`step`.
     Extra keyword arguments to the constructor are kept in ``self.config``.
+
+    ``needs_token_ids``: True (the default) when the algorithm trains on exact token ids; the
+    Trainer then leaves out rollouts whose turns lack them. An algorithm that reads only text
+    and rewards (prompt optimization) sets it False and also receives turns without ids (empty
+    id lists, with the call's ``input_messages`` / ``output_messages``).
     """
 
     name: ClassVar[str]
     resources: ClassVar[tuple[str, ...]] = ()
+    needs_token_ids: ClassVar[bool] = True
 
     def __init__(self, *, resources: Sequence[str] | None = None, **config: Any) -> None:
         # A bare string is a Sequence[str] of characters: almost certainly a mistake.

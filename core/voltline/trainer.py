@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._context import flush
 from ._models import Rollout
 from ._runner import Agent, RunnerOptions, resource_scope, runner_loop, runner_main
 from ._store import Store, connect
@@ -275,11 +276,16 @@ class Trainer:
         self.step_count += 1
         step = self.step_count
         rollouts = self._run(tasks, "train", self.group_size, step)
+        # Spans submitted in this process (an LLM proxy served from it records the calls of
+        # runner processes here) must be in the store before trajectories are built from it.
+        flush()
         metrics: dict[str, Any] = {"step": step, **self._summary(rollouts)}
         ids = [r.rollout_id for r in rollouts if r.status == "succeeded"]
         for resource, algorithm in self.algorithms.items():
+            # A text-only algorithm (prompt optimization) also learns from calls without token ids.
+            needs_ids = getattr(algorithm, "needs_token_ids", True)
             built = build_trajectories(self.store, ids, resource=resource, reward_rule=self.reward_rule,
-                                       gamma=self.gamma)  # fmt: skip
+                                       gamma=self.gamma, require_token_ids=needs_ids)  # fmt: skip
             metrics[f"{resource}/trajectories"] = len(built.trajectories)
             metrics[f"{resource}/skipped"] = len(built.skipped)
             if not built.trajectories:

@@ -47,6 +47,8 @@ class APO(Algorithm):
 
     name: ClassVar[str] = "apo"
     resources: ClassVar[tuple[str, ...]] = ("prompt",)
+    # Templates are judged by text and rewards: the agent may call any model, with or without ids.
+    needs_token_ids: ClassVar[bool] = False
 
     def __init__(
         self,
