@@ -17,17 +17,17 @@ from typing import Any
 
 import torch
 
-from voltline.algorithms import Algorithm, StepResult
+from voltline.algorithms import StepResult
 
 from .batching import Batch, make_batch, token_logprobs
 from .losses import clipped_surrogate, group_advantages, k3_kl, masked_token_mean
-from .policy import LoraPolicy, LoraSettings
+from .policy import LoraAlgorithm
 from .samples import Sample, collect_samples
 
 __all__ = ["GRPO"]
 
 
-class GRPO(Algorithm):
+class GRPO(LoraAlgorithm):
     """GRPO with LoRA. Owns one ``lora_adapter`` resource (default ``"policy"``).
 
     ``model`` is a local Hugging Face model folder (``voltline model init`` makes a tiny one).
@@ -63,28 +63,16 @@ class GRPO(Algorithm):
         **config: Any,
     ) -> None:
         super().__init__(resources=resources, **config)
-        if len(self.owned_resources) != 1:
-            raise ValueError(f"GRPO trains exactly one adapter; got resources={self.owned_resources!r}")
         if updates_per_step < 1 or micro_batch_size < 1:
             raise ValueError("updates_per_step and micro_batch_size must be >= 1")
         self.beta, self.epsilon, self.advantage_eps = beta, epsilon, advantage_eps
         self.updates_per_step, self.micro_batch_size = updates_per_step, micro_batch_size
         self.max_length, self.use_sampler_logprobs = max_length, use_sampler_logprobs
-        settings = LoraSettings(
-            r=lora_r,
-            alpha=lora_alpha,
-            dropout=lora_dropout,
-            target_modules=target_modules,
-            lr=lr,
-            max_grad_norm=max_grad_norm,
-        )
-        self.policy = LoraPolicy(model, settings, init_adapter=init_adapter, device=device, seed=seed)
-        self.steps = 0
-
-    @property
-    def model(self) -> Any:
-        """The peft model being trained (loaded on first use)."""
-        return self.policy.model
+        self._init_policy(
+            model, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+            target_modules=target_modules, max_grad_norm=max_grad_norm, init_adapter=init_adapter,
+            device=device, seed=seed,
+        )  # fmt: skip
 
     def step(self, trajectories: Sequence[Any]) -> StepResult:
         started = time.perf_counter()

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from voltline.algorithms import NewResource
+from voltline.algorithms import Algorithm, NewResource
 from voltline.proxy.adapters import pack_adapter, unpack_adapter
 
-__all__ = ["LoraPolicy", "LoraSettings"]
+__all__ = ["LoraAlgorithm", "LoraPolicy", "LoraSettings"]
 
 
 class LoraSettings:
@@ -155,3 +155,41 @@ def _dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
 
     major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+class LoraAlgorithm(Algorithm):
+    """What GRPO, SFT and PPO share: exactly one owned `lora_adapter` resource, trained by a
+    `LoraPolicy` built from the LoRA and optimizer keyword arguments of their constructors."""
+
+    def __init__(self, *, resources: Sequence[str] | None = None, **config: Any) -> None:
+        super().__init__(resources=resources, **config)
+        if len(self.owned_resources) != 1:
+            raise ValueError(
+                f"{type(self).__name__} trains exactly one adapter; got resources={self.owned_resources!r}"
+            )
+
+    def _init_policy(
+        self,
+        model: str | Path,
+        *,
+        lr: float,
+        lora_r: int,
+        lora_alpha: int,
+        lora_dropout: float,
+        target_modules: str | Sequence[str],
+        max_grad_norm: float,
+        init_adapter: str | Path | bytes | None,
+        device: str | None,
+        seed: int,
+    ) -> None:
+        settings = LoraSettings(
+            r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules, lr=lr,
+            max_grad_norm=max_grad_norm,
+        )  # fmt: skip
+        self.policy = LoraPolicy(model, settings, init_adapter=init_adapter, device=device, seed=seed)
+        self.steps = 0
+
+    @property
+    def model(self) -> Any:
+        """The peft model being trained (loaded on first use)."""
+        return self.policy.model

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from voltline.algorithms import Algorithm, StepResult
+from voltline.algorithms import StepResult
 
 from .batching import Batch, logprobs_and_states, make_batch, token_logprobs
 from .losses import clipped_surrogate, clipped_value_loss, gae, masked_token_mean, masked_whiten
-from .policy import LoraPolicy, LoraSettings
+from .policy import LoraAlgorithm
 from .samples import Sample, collect_samples
 
 __all__ = ["PPO", "VALUE_HEAD_FILE"]
@@ -28,7 +28,7 @@ __all__ = ["PPO", "VALUE_HEAD_FILE"]
 VALUE_HEAD_FILE = "value_head.safetensors"  # kept in the artifact; peft and the proxy ignore it
 
 
-class PPO(Algorithm):
+class PPO(LoraAlgorithm):
     """PPO with LoRA and a value head. Owns one ``lora_adapter`` resource (default ``"policy"``)."""
 
     name = "ppo"
@@ -61,8 +61,6 @@ class PPO(Algorithm):
         **config: Any,
     ) -> None:
         super().__init__(resources=resources, **config)
-        if len(self.owned_resources) != 1:
-            raise ValueError(f"PPO trains exactly one adapter; got resources={self.owned_resources!r}")
         if updates_per_step < 1 or micro_batch_size < 1:
             raise ValueError("updates_per_step and micro_batch_size must be >= 1")
         self.epsilon, self.value_epsilon, self.gamma, self.lam = epsilon, value_epsilon, gamma, lam
@@ -72,22 +70,12 @@ class PPO(Algorithm):
             micro_batch_size,
             max_length,
         )
-        settings = LoraSettings(
-            r=lora_r,
-            alpha=lora_alpha,
-            dropout=lora_dropout,
-            target_modules=target_modules,
-            lr=lr,
-            max_grad_norm=max_grad_norm,
-        )
-        self.policy = LoraPolicy(model, settings, init_adapter=init_adapter, device=device, seed=seed)
+        self._init_policy(
+            model, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+            target_modules=target_modules, max_grad_norm=max_grad_norm, init_adapter=init_adapter,
+            device=device, seed=seed,
+        )  # fmt: skip
         self._value_head: torch.nn.Linear | None = None
-        self.steps = 0
-
-    @property
-    def model(self) -> Any:
-        """The peft model being trained (loaded on first use)."""
-        return self.policy.model
 
     @property
     def value_head(self) -> torch.nn.Linear:

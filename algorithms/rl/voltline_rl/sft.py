@@ -15,11 +15,11 @@ from typing import Any, Literal
 import torch
 
 from voltline._trajectory import Trajectory
-from voltline.algorithms import Algorithm, StepResult
+from voltline.algorithms import StepResult
 
 from .batching import Batch, make_batch, token_logprobs
 from .losses import masked_token_mean
-from .policy import LoraPolicy, LoraSettings
+from .policy import LoraAlgorithm
 from .samples import Sample, as_trajectory, collect_samples, group_key
 
 __all__ = ["SFT", "load_trajectories", "select_best"]
@@ -57,7 +57,7 @@ def load_trajectories(path: str | Path) -> list[Trajectory]:
     return [Trajectory.model_validate(json.loads(line)) for line in lines if line.strip()]
 
 
-class SFT(Algorithm):
+class SFT(LoraAlgorithm):
     """Supervised fine-tuning of a LoRA adapter. Owns one ``lora_adapter`` resource.
 
     ``select="best"`` keeps the best ``per_group`` trajectories of each group (at least
@@ -90,29 +90,17 @@ class SFT(Algorithm):
         **config: Any,
     ) -> None:
         super().__init__(resources=resources, **config)
-        if len(self.owned_resources) != 1:
-            raise ValueError(f"SFT trains exactly one adapter; got resources={self.owned_resources!r}")
         if select not in ("best", "all"):
             raise ValueError(f"select must be 'best' or 'all', not {select!r}")
         if epochs < 1 or micro_batch_size < 1 or per_group < 1:
             raise ValueError("epochs, micro_batch_size and per_group must be >= 1")
         self.select, self.per_group, self.min_reward = select, per_group, min_reward
         self.epochs, self.micro_batch_size, self.max_length = epochs, micro_batch_size, max_length
-        settings = LoraSettings(
-            r=lora_r,
-            alpha=lora_alpha,
-            dropout=lora_dropout,
-            target_modules=target_modules,
-            lr=lr,
-            max_grad_norm=max_grad_norm,
-        )
-        self.policy = LoraPolicy(model, settings, init_adapter=init_adapter, device=device, seed=seed)
-        self.steps = 0
-
-    @property
-    def model(self) -> Any:
-        """The peft model being trained (loaded on first use)."""
-        return self.policy.model
+        self._init_policy(
+            model, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+            target_modules=target_modules, max_grad_norm=max_grad_norm, init_adapter=init_adapter,
+            device=device, seed=seed,
+        )  # fmt: skip
 
     def chosen(self, trajectories: Sequence[Any]) -> list[Trajectory]:
         """The trajectories a step would train on."""
