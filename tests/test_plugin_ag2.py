@@ -26,6 +26,7 @@ pytest.importorskip("autogen", reason="ag2 (classic autogen namespace) is not in
 pytest.importorskip("voltline_ag2", reason="voltline-ag2 is not installed")
 
 import autogen
+from _plugin_env import only_plugins
 from autogen import ConversableAgent, GroupChat, GroupChatManager, register_function, runtime_logging
 from autogen.logger.base_logger import BaseLogger
 from openai.types.chat import ChatCompletion
@@ -161,15 +162,9 @@ def two_agent_chat() -> tuple[ConversableAgent, ConversableAgent, Any]:
 @pytest.fixture
 def ag2_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Only the ag2 plugin loads; whatever happens, it is uninstalled afterwards."""
-    monkeypatch.setenv("VOLTLINE_PLUGINS", "ag2")
     monkeypatch.setenv("AUTOGEN_USE_DOCKER", "False")
-    _plugins.plugin_manager(refresh=True)
-    try:
+    with only_plugins("ag2"):
         yield
-    finally:
-        voltline.uninstrument()
-        monkeypatch.delenv("VOLTLINE_PLUGINS")
-        _plugins.plugin_manager(refresh=True)
 
 
 @pytest.fixture
@@ -690,18 +685,12 @@ def test_both_autogen_plugins_instrument_in_one_process(
     pytest.importorskip(
         "voltline_autogen", reason="voltline-autogen (autogen-agentchat plugin) is not installed"
     )
-    monkeypatch.setenv("VOLTLINE_PLUGINS", "ag2,autogen")
-    _plugins.plugin_manager(refresh=True)
-    try:
+    with only_plugins("ag2", "autogen"):
         names = voltline.instrument()
         assert "ag2" in names and len(names) == 2, names
         with voltline.rollout("both", store=store) as r:
             two_agent_chat()
         assert tree(spans_of(store, r)) == TWO_AGENT_TREE
-    finally:
-        voltline.uninstrument()
-        monkeypatch.delenv("VOLTLINE_PLUGINS")
-        _plugins.plugin_manager(refresh=True)
 
 
 def test_the_example_runs_and_prints_its_span_tree(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _plugin_env import only_plugins
 
 import voltline
 from voltline import _plugins
@@ -121,17 +122,9 @@ def quiet_replay_client() -> Iterator[None]:
 
 
 @pytest.fixture
-def only_autogen(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Only this plugin is loaded (other framework plugins in the venv stay unpatched)."""
-    monkeypatch.setenv("VOLTLINE_PLUGINS", "autogen")
-    monkeypatch.delenv("VOLTLINE_DISABLE_PLUGINS", raising=False)
-    _plugins.plugin_manager(refresh=True)
-    try:
+def only_autogen() -> Iterator[None]:
+    with only_plugins("autogen"):
         yield
-    finally:
-        _plugins.uninstrument()
-        monkeypatch.undo()
-        _plugins.plugin_manager(refresh=True)
 
 
 @pytest.fixture

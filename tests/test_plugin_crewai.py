@@ -32,6 +32,7 @@ for _var, _value in OFFLINE.items():
 crewai = pytest.importorskip("crewai")  # the optional framework; CI has it installed
 
 import voltline_crewai.listener as listener_module  # noqa: E402
+from _plugin_env import only_plugins  # noqa: E402
 from crewai import Agent, Crew, Task  # noqa: E402
 from crewai.events.event_bus import crewai_event_bus  # noqa: E402
 from crewai.tools import tool  # noqa: E402
@@ -133,17 +134,9 @@ def store(tmp_path: Path) -> Iterator[voltline.Store]:
 
 
 @pytest.fixture
-def only_crewai(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Load only this plugin, so other installed framework plugins are never patched in."""
-    monkeypatch.setenv("VOLTLINE_PLUGINS", "crewai")
-    monkeypatch.delenv("VOLTLINE_DISABLE_PLUGINS", raising=False)
-    _plugins.plugin_manager(refresh=True)
-    try:
+def only_crewai() -> Iterator[None]:
+    with only_plugins("crewai"):
         yield
-    finally:
-        _plugins.uninstrument()
-        monkeypatch.undo()
-        _plugins.plugin_manager(refresh=True)
 
 
 @pytest.fixture

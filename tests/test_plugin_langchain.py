@@ -27,6 +27,7 @@ pytest.importorskip("langgraph")
 pytest.importorskip("langchain.agents")
 
 import voltline_langchain.plugin as lc_plugin
+from _plugin_env import only_plugins
 from langchain.agents import create_agent
 from langchain_core.callbacks import CallbackManager
 from langchain_core.documents import Document
@@ -123,16 +124,9 @@ def store(tmp_path: Path) -> Iterator[voltline.Store]:
 
 
 @pytest.fixture
-def only_langchain(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Only this plugin loads: other framework plugins installed here are never patched in."""
-    monkeypatch.setenv("VOLTLINE_PLUGINS", "langchain")
-    _plugins.plugin_manager(refresh=True)
-    try:
+def only_langchain() -> Iterator[None]:
+    with only_plugins("langchain"):
         yield
-    finally:
-        _plugins.uninstrument()
-        monkeypatch.undo()
-        _plugins.plugin_manager(refresh=True)
 
 
 @pytest.fixture

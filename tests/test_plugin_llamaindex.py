@@ -24,6 +24,7 @@ pytest.importorskip("llama_index.core", reason="llama-index-core is not installe
 
 import voltline_llamaindex
 import voltline_llamaindex.plugin as li_plugin
+from _plugin_env import only_plugins
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.agent.workflow import (
     AgentStream,
@@ -52,14 +53,9 @@ QUESTION = "How many bolts are in 3 crates?"
 
 # -- fixtures and helpers -------------------------------------------------------------------
 @pytest.fixture(autouse=True)
-def only_this_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("VOLTLINE_PLUGINS", "llamaindex")
-    monkeypatch.delenv("VOLTLINE_DISABLE_PLUGINS", raising=False)
-    _plugins.plugin_manager(refresh=True)
-    yield
-    _plugins.uninstrument()
-    monkeypatch.undo()
-    _plugins.plugin_manager(refresh=True)
+def only_this_plugin() -> Iterator[None]:
+    with only_plugins("llamaindex"):
+        yield
 
 
 @pytest.fixture

@@ -31,8 +31,9 @@ try:
 except ImportError:
     pass
 
+from _plugin_env import only_plugins  # noqa: E402
+
 import voltline  # noqa: E402
-from voltline import _plugins  # noqa: E402
 from voltline.proxy import join_token_ids, local_app, serve_in_thread  # noqa: E402
 from voltline.proxy.modelinit import init_model  # noqa: E402
 
@@ -57,21 +58,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, voltlin
 @contextmanager
 def instrumented(name: str) -> Iterator[None]:
     """Only the named plugin is loaded and installed; everything is put back afterwards."""
-    saved = {k: os.environ.get(k) for k in ("VOLTLINE_PLUGINS", "VOLTLINE_DISABLE_PLUGINS")}
-    os.environ["VOLTLINE_PLUGINS"] = name
-    os.environ.pop("VOLTLINE_DISABLE_PLUGINS", None)
-    _plugins.plugin_manager(refresh=True)
-    try:
+    with only_plugins(name):
         assert voltline.instrument() == [name]
         yield
-    finally:
-        voltline.uninstrument()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        _plugins.plugin_manager(refresh=True)
 
 
 @contextmanager
