@@ -13,6 +13,7 @@ import json
 import os
 import random
 import signal
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -178,6 +179,47 @@ def test_async_agent_in_thread_runner(store_url: str) -> None:
     rewards = [m["mean_reward"] for m in steps]
     assert rewards[-1] > rewards[0], rewards
     assert [len(trainer.store.query_spans(rollout_id=r.rollout_id)) for r in [rollout]] == [2]
+
+
+_OVERLAP = {"now": 0, "peak": 0}
+_OVERLAP_LOCK = threading.Lock()
+
+
+def overlapping_agent(task: dict[str, Any], resources: dict[str, voltline.ResourceVersion]) -> int:
+    """Records how many rollouts run at once; waits so that overlap is possible at all."""
+    with _OVERLAP_LOCK:
+        _OVERLAP["now"] += 1
+        _OVERLAP["peak"] = max(_OVERLAP["peak"], _OVERLAP["now"])
+    try:
+        time.sleep(0.2)
+        return threshold_agent(task, resources)
+    finally:
+        with _OVERLAP_LOCK:
+            _OVERLAP["now"] -= 1
+
+
+def test_concurrency_runs_rollouts_of_one_runner_at_once(store_url: str) -> None:
+    _OVERLAP.update(now=0, peak=0)
+    algo = ThresholdSearch(resources=("threshold",))
+    with Trainer(store_url, overlapping_agent, {"threshold": algo}, runners=0, concurrency=4,
+                 initial_resources=START) as trainer:  # fmt: skip
+        metrics = trainer.train_step(tasks(8, seed=3))
+        rollouts = trainer.store.query_rollouts(limit=20)
+        attempts = [a for r in rollouts for a in trainer.store.get_attempts(r.rollout_id)]
+    assert (metrics["rollouts"], metrics["succeeded"], metrics["retried"]) == (8, 8, 0)
+    assert len(attempts) == 8  # each claimed exactly once
+    # Four slots: more than one rollout overlapped, never more than four.
+    assert 2 <= _OVERLAP["peak"] <= 4, _OVERLAP
+    # Each rollout's spans stay with its own attempt although they ran on shared threads.
+    for rollout in rollouts:
+        (attempt,) = trainer.store.get_attempts(rollout.rollout_id)
+        spans = trainer.store.query_spans(rollout_id=rollout.rollout_id)
+        assert len(spans) == 2 and {s.attempt_id for s in spans} == {attempt.attempt_id}
+
+
+def test_constructor_rejects_zero_concurrency(store_url: str) -> None:
+    with pytest.raises(ValueError, match="concurrency >= 1"):
+        Trainer(store_url, threshold_agent, runners=0, concurrency=0)
 
 
 def test_killed_runner_attempt_times_out_and_is_retried(store_url: str, tmp_path: Path) -> None:

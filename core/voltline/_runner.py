@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,9 @@ class RunnerOptions:
     heartbeat_interval: float = 5.0
     poll_interval: float = 0.05  # first idle wait; doubles up to max_poll_interval
     max_poll_interval: float = 0.5
+    # Rollouts one runner runs at once, each on its own thread. Agents mostly wait on model
+    # calls; several in flight let an LLM proxy batch their requests into one forward pass.
+    concurrency: int = 1
 
 
 def _latest_resources(store: Store) -> dict[str, ResourceVersion]:
@@ -147,26 +151,44 @@ def runner_loop(
 ) -> int:
     """Claim and run rollouts until `stop` (an Event) is set; returns how many it ran.
 
+    Up to `options.concurrency` rollouts run at once, each on its own thread; the loop claims
+    only as many as it has free slots, so queued rollouts stay claimable by other runners.
     `parent_pid`: exit when that process is gone (a runner must not outlive its Trainer).
     """
     done = 0
     idle = options.poll_interval
-    while not stop.is_set():
-        if parent_pid is not None and os.getppid() != parent_pid:
-            log.warning("voltline runner %s: the trainer process is gone; exiting", worker_id)
-            break
-        try:
-            claims = store.claim(worker_id, 1)
-        except Exception as exc:  # store unavailable: back off, try again
-            log.warning("voltline runner %s: claim failed: %s", worker_id, exc)
-            claims = []
-        if not claims:
-            stop.wait(idle)
+    slots = max(1, options.concurrency)
+    in_flight: set[Future[bool]] = set()
+    with ThreadPoolExecutor(slots, thread_name_prefix=f"voltline-rollout-{worker_id}") as pool:
+        while not stop.is_set():
+            if parent_pid is not None and os.getppid() != parent_pid:
+                log.warning("voltline runner %s: the trainer process is gone; exiting", worker_id)
+                break
+            finished = {f for f in in_flight if f.done()}
+            done += len(finished)
+            in_flight -= finished
+            free = slots - len(in_flight)
+            claims: list[Claim] = []
+            if free > 0:
+                try:
+                    claims = store.claim(worker_id, free)
+                except Exception as exc:  # store unavailable: back off, try again
+                    log.warning("voltline runner %s: claim failed: %s", worker_id, exc)
+            if claims:
+                idle = options.poll_interval
+                if slots == 1:
+                    run_claim(store, agent, claims[0], options)
+                    done += 1
+                    continue
+                in_flight.update(pool.submit(run_claim, store, agent, c, options) for c in claims)
+                continue
+            if in_flight:  # wakes early when a rollout finishes and frees a slot
+                wait(in_flight, timeout=idle, return_when=FIRST_COMPLETED)
+            else:
+                stop.wait(idle)
             idle = min(idle * 2, options.max_poll_interval)
-            continue
-        idle = options.poll_interval
-        run_claim(store, agent, claims[0], options)
-        done += 1
+        # Rollouts already running finish (or the trainer's stop timeout terminates the process).
+        done += len(in_flight)
     get_emitter().flush()
     return done
 

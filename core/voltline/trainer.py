@@ -115,8 +115,9 @@ class Trainer:
     `store`: a URL or a Store (runner processes reconnect by its URL). `agent(task, resources)`:
     a top-level function (sync or async; spawned runners import it by name) given the task and
     the latest `ResourceVersion` per resource name. `algorithms`: resource name -> Algorithm
-    owning it. `group_size`: runs per task per step (GRPO groups them by
-    `metadata["group"]`). `initial_resources`: versions published at start for names that
+    owning it. `runners`: runner processes (0: one thread in this process); `concurrency`:
+    rollouts each runner runs at once, on threads (an LLM proxy batches their model calls).
+    `group_size`: runs per task per step (GRPO groups them by `metadata["group"]`). `initial_resources`: versions published at start for names that
     have none yet. A rollout whose attempt dies or stops heartbeating for `heartbeat_timeout`
     seconds is retried, up to `max_attempts` attempts.
     """
@@ -128,6 +129,7 @@ class Trainer:
         algorithms: Mapping[str, Algorithm] | None = None,
         *,
         runners: int = 2,
+        concurrency: int = 1,
         group_size: int = 1,
         reward_rule: RewardRule = "final",
         gamma: float = 1.0,
@@ -138,8 +140,10 @@ class Trainer:
         max_attempts: int = 3,
         step_timeout: float | None = None,
     ) -> None:
-        if runners < 0 or group_size < 1 or max_attempts < 1 or heartbeat_timeout <= 0:
-            raise ValueError("runners >= 0, group_size >= 1, max_attempts >= 1 and heartbeat_timeout > 0")
+        if runners < 0 or concurrency < 1 or group_size < 1 or max_attempts < 1 or heartbeat_timeout <= 0:
+            raise ValueError(
+                "runners >= 0, concurrency >= 1, group_size >= 1, max_attempts >= 1 and heartbeat_timeout > 0"
+            )
         if not callable(agent):
             raise TypeError(f"agent must be callable, got {type(agent).__name__}")
         self.algorithms: dict[str, Algorithm] = dict(algorithms or {})
@@ -162,7 +166,8 @@ class Trainer:
         self.run_id = uuid.uuid4().hex[:8]
         self.step_count = 0
         self._closed = False
-        options = RunnerOptions(heartbeat_interval=heartbeat_interval or heartbeat_timeout / 4)
+        options = RunnerOptions(heartbeat_interval=heartbeat_interval or heartbeat_timeout / 4,
+                                concurrency=concurrency)  # fmt: skip
         self._pool = _RunnerPool(self.store, agent, runners, options, f"runner-{self.run_id}")
         # Stop runner processes even if the user forgets close(): they must not outlive us.
         self._finalizer = weakref.finalize(self, self._pool.stop)
