@@ -118,7 +118,8 @@ class Trainer:
     owning it. `runners`: runner processes (0: one thread in this process); `concurrency`:
     rollouts each runner runs at once, on threads (an LLM proxy batches their model calls).
     `group_size`: runs per task per step (GRPO groups them by `metadata["group"]`).
-    `initial_resources`: versions published at start for names that have none yet. A rollout whose attempt dies or stops heartbeating for `heartbeat_timeout`
+    `initial_resources`: versions published at start for names that have none yet. A rollout
+    whose attempt dies or stops heartbeating for `heartbeat_timeout`
     seconds is retried, up to `max_attempts` attempts.
     """
 
