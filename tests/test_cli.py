@@ -487,6 +487,19 @@ def test_bad_urls_read_clearly(url: str, expected: list[str]) -> None:
     assert "hunter2" not in line
 
 
+def test_commands_give_up_on_a_store_server_sooner_than_runners() -> None:
+    # A person waits at the terminal: a couple of seconds, then the one-line error above. A
+    # runner's or an emitter's store rides out a server restart, so connect() keeps its patience.
+    url = "http://127.0.0.1:1"
+    with cli._open_store(url) as store:
+        assert store.patience == cli.HTTP_PATIENCE <= 3  # type: ignore[attr-defined]
+    runner_store = voltline.connect(url)
+    try:
+        assert runner_store.patience >= 15  # type: ignore[attr-defined]
+    finally:
+        runner_store.close()
+
+
 def test_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("just some text, not SQLite\n" * 100)
     failed(run("rollouts", "list", "--url", f"sqlite:///{tmp_path}/notes.txt"), "not a database")

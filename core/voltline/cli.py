@@ -46,6 +46,9 @@ EXPORT_FORMATS = ("jsonl",)
 EXPORT_PAGE = 200
 # Spans fetched per query when counting a rollout's spans in `rollouts show`.
 SPAN_PAGE = 2000
+# Seconds a command keeps retrying a store server that refuses connections (HttpStore's
+# default, 15 s, is for runners riding out a restart).
+HTTP_PATIENCE = 2.0
 
 EXAMPLES = """\
 [bold]Examples[/bold]
@@ -193,6 +196,10 @@ def _friendly_errors(fn: Callable[P, T]) -> Callable[P, T]:
 @contextmanager
 def _open_store(url: str, *, create: bool = False) -> Iterator[Store]:
     store = connect(url, create=create)
+    if url.split("://", 1)[0].lower() in ("http", "https"):
+        # Runners and emitters wait out a store server's restart; a person at a terminal
+        # would rather hear at once that it is down.
+        store.patience = HTTP_PATIENCE  # type: ignore[attr-defined]
     try:
         yield store
     finally:

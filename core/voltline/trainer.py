@@ -8,7 +8,8 @@
 Each algorithm is keyed by the resource it owns and trains only on the turns that ran with that
 resource (the adapter's `resource=` filter), so one agent can carry several resources, each
 improved by its own algorithm. Runners are spawned processes (`runners=N`) or, with
-`runners=0`, one thread in this process. No torch imports: algorithms bring their own.
+`runners=0`, one thread in this process; with `backend="ray"` they are Ray actors, on any
+machine of a Ray cluster. No torch imports: algorithms bring their own.
 """
 
 from __future__ import annotations
@@ -121,6 +122,11 @@ class Trainer:
     `initial_resources`: versions published at start for names that have none yet. A rollout
     whose attempt dies or stops heartbeating for `heartbeat_timeout`
     seconds is retried, up to `max_attempts` attempts.
+
+    `backend`: "local" (runner processes on this machine) or "ray" (`runners` Ray actors, on
+    the cluster at `ray_address`, or the Ray already initialised, or a new local one; needs
+    `pip install 'voltline[ray]'`). Ray actors reconnect to the store by its URL: a SQLite
+    file only works on one machine; across machines use postgresql:// or http://.
     """
 
     def __init__(
@@ -140,6 +146,8 @@ class Trainer:
         rollout_timeout: float | None = None,
         max_attempts: int = 3,
         step_timeout: float | None = None,
+        backend: str = "local",
+        ray_address: str | None = None,
     ) -> None:
         if runners < 0 or concurrency < 1 or group_size < 1 or max_attempts < 1 or heartbeat_timeout <= 0:
             raise ValueError(
@@ -147,6 +155,10 @@ class Trainer:
             )
         if not callable(agent):
             raise TypeError(f"agent must be callable, got {type(agent).__name__}")
+        if backend not in ("local", "ray"):
+            raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+        if ray_address is not None and backend != "ray":
+            raise ValueError("ray_address is only used with backend='ray'")
         self.algorithms: dict[str, Algorithm] = dict(algorithms or {})
         for resource, algorithm in self.algorithms.items():
             if resource not in algorithm.owned_resources:
@@ -169,7 +181,19 @@ class Trainer:
         self._closed = False
         options = RunnerOptions(heartbeat_interval=heartbeat_interval or heartbeat_timeout / 4,
                                 concurrency=concurrency)  # fmt: skip
-        self._pool = _RunnerPool(self.store, agent, runners, options, f"runner-{self.run_id}")
+        self._pool: Any
+        if backend == "ray":
+            from ._ray import RayRunnerPool
+
+            try:
+                self._pool = RayRunnerPool(self.store, agent, runners, options, f"runner-{self.run_id}",
+                                           address=ray_address)  # fmt: skip
+            except BaseException:
+                if self._own_store:
+                    self.store.close()
+                raise
+        else:
+            self._pool = _RunnerPool(self.store, agent, runners, options, f"runner-{self.run_id}")
         # Stop runner processes even if the user forgets close(): they must not outlive us.
         self._finalizer = weakref.finalize(self, self._pool.stop)
         self._publish_initial(initial_resources or {})
