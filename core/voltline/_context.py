@@ -59,7 +59,7 @@ class RolloutContext:
     _sequence: Iterator[int] = field(default_factory=itertools.count, repr=False)
 
 
-@dataclass
+@dataclass(slots=True)  # one per captured run: slots make it smaller and quicker to build
 class SpanHandle:
     """An open span: from `voltline.span(...)`, or `start_span(...)` in capture code.
 

@@ -158,7 +158,10 @@ class Emitter:
         for store, fields in batch:
             span = self._validate(fields)
             if span is not None:
-                by_store.setdefault(id(store), (store, []))[1].append(span)
+                entry = by_store.get(id(store))
+                if entry is None:
+                    entry = by_store[id(store)] = (store, [])
+                entry[1].append(span)
         written = [span for store, spans in by_store.values() for span in self._write_to(store, spans)]
         if written:
             self._export(written)

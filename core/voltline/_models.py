@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 __all__ = [
     "MAX_ATTRIBUTES_BYTES",
@@ -117,16 +117,6 @@ def _has_non_finite(value: Any) -> bool:
     return False
 
 
-def _enum_value(enum: type[StrEnum], value: Any) -> Any:
-    if isinstance(value, str) and not isinstance(value, enum):
-        try:
-            return enum(value)
-        except ValueError:
-            choices = ", ".join(m.value for m in enum)
-            raise ValueError(f"unknown {enum.__name__} {value!r}; expected one of: {choices}") from None
-    return value
-
-
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
@@ -185,35 +175,16 @@ class Span(_Model):
     attempt_id: str = Field(min_length=1, max_length=64)
     parent_id: str | None = Field(default=None, max_length=64)
     sequence: int | None = Field(default=None, ge=0)
-    kind: SpanKind
+    # Lax only for these two, so the plain strings everyone writes ("llm") are accepted; the
+    # check stays in pydantic-core (no Python validator per span on the writer's hot path).
+    kind: Annotated[SpanKind, Strict(False)]
     name: str = Field(min_length=1, max_length=512)
     agent_name: str | None = Field(default=None, max_length=256, description="the agent it ran under")
-    start_time: float
-    end_time: float | None = None
-    status: SpanStatus = SpanStatus.OK
+    start_time: float = Field(allow_inf_nan=False, description="Unix seconds")
+    end_time: float | None = Field(default=None, allow_inf_nan=False)
+    status: Annotated[SpanStatus, Strict(False)] = SpanStatus.OK
     attributes: dict[str, Any] = Field(default_factory=dict)
     resources: dict[str, int] = Field(default_factory=dict)
-
-    @field_validator("kind", mode="before")
-    @classmethod
-    def _kind_from_str(cls, value: Any) -> Any:
-        # strict mode refuses the plain strings everyone writes ("llm"); accept those, and
-        # name the valid choices when the string is wrong.
-        return _enum_value(SpanKind, value)
-
-    @field_validator("status", mode="before")
-    @classmethod
-    def _status_from_str(cls, value: Any) -> Any:
-        return _enum_value(SpanStatus, value)
-
-    @field_validator("start_time", "end_time", mode="before")
-    @classmethod
-    def _finite_time(cls, value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError("must be a finite number of Unix seconds")
-        return value
 
 
 class ResourceVersion(_Model):

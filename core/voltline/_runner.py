@@ -51,7 +51,7 @@ class RunnerOptions:
 
     heartbeat_interval: float = 5.0
     poll_interval: float = 0.05  # first idle wait; doubles up to max_poll_interval
-    max_poll_interval: float = 0.5
+    max_poll_interval: float = 0.2
     # Rollouts one runner runs at once, each on its own thread. Agents mostly wait on model
     # calls; several in flight let an LLM proxy batch their requests into one forward pass.
     concurrency: int = 1

@@ -154,18 +154,25 @@ class SqlStore(Store):
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Reads take no lock in WAL mode; taking the write lock for them too would queue
+            # every runner's resource lookup behind the span writer's transactions.
+            read = conn.get_execution_options().get("voltline_read", False)
+            conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
 
         return engine
 
     @contextmanager
-    def _tx(self) -> Iterator[Connection]:
+    def _tx(self, *, read: bool = False) -> Iterator[Connection]:
+        """A transaction; `read=True` for ones that only read (on SQLite they take no lock)."""
         if os.getpid() != self._pid:  # forked: never share the parent's sockets or file handles
             self._engine.dispose(close=False)
             self._pid = os.getpid()
         try:
-            with self._engine.begin() as conn:
-                yield conn
+            with self._engine.connect() as conn:
+                if read:
+                    conn.execution_options(voltline_read=True)
+                with conn.begin():
+                    yield conn
         except sa_exc.OperationalError as exc:
             raise StoreUnavailable(f"store at {redact_url(self.url)} failed: {exc.orig}") from exc
         except self._engine.dialect.loaded_dbapi.OperationalError as exc:  # raw cursor paths (spans)
@@ -423,11 +430,11 @@ class SqlStore(Store):
         return row
 
     def get_rollout(self, rollout_id: str) -> Rollout:
-        with self._tx() as conn:
+        with self._tx(read=True) as conn:
             return self._rollout(self._get_rollout_row(conn, rollout_id))
 
     def get_attempts(self, rollout_id: str) -> list[Attempt]:
-        with self._tx() as conn:
+        with self._tx(read=True) as conn:
             self._get_rollout_row(conn, rollout_id)
             rows = conn.execute(select(A).where(A.c.rollout_id == rollout_id).order_by(A.c.number))
             return [self._attempt(r) for r in rows]
@@ -460,7 +467,7 @@ class SqlStore(Store):
             query = query.where(R.c.created_at < until)
         for key, value in (metadata or {}).items():
             query = query.where(self._metadata_equals(key, value))
-        with self._tx() as conn:
+        with self._tx(read=True) as conn:
             return [self._rollout(r) for r in conn.execute(query)]
 
     def _metadata_equals(self, key: str, value: Any) -> Any:
@@ -496,7 +503,7 @@ class SqlStore(Store):
                 return rollouts
             sleep = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
             time.sleep(sleep)
-            delay = min(delay * 1.5, 0.5)
+            delay = min(delay * 1.5, 0.2)
 
     # spans -------------------------------------------------------------------------
     @staticmethod
@@ -532,7 +539,7 @@ class SqlStore(Store):
         for i, s in enumerate(spans):
             try:
                 attributes = dump_json(s.attributes, f"spans[{i}].attributes", MAX_ATTRIBUTES_BYTES)
-                resources = dump_json(s.resources, f"spans[{i}].resources")
+                resources = dump_json(s.resources, f"spans[{i}].resources") if s.resources else "{}"
             except ValueError as exc:
                 raise InvalidInput(f"{exc}; nothing from this batch was stored") from None
             rows.append((
@@ -648,7 +655,7 @@ class SqlStore(Store):
             query = query.where(S.c.name == name)
         if agent_name is not None:
             query = query.where(S.c.agent_name == agent_name)
-        with self._tx() as conn:
+        with self._tx(read=True) as conn:
             return [self._span(r) for r in conn.execute(query)]
 
     # resources -------------------------------------------------------------------------
@@ -719,7 +726,7 @@ class SqlStore(Store):
             if version is None
             else query.where(RV.c.version == version)
         )
-        with self._tx() as conn:
+        with self._tx(read=True) as conn:
             row = conn.execute(query).first()
         if row is None:
             which = "any version" if version is None else f"version {version}"
@@ -727,7 +734,7 @@ class SqlStore(Store):
         return self._resource(row)
 
     def resource_history(self, name: str) -> list[ResourceVersion]:
-        with self._tx() as conn:
+        with self._tx(read=True) as conn:
             rows = conn.execute(self._resource_query().where(RV.c.name == name).order_by(RV.c.version))
             return [self._resource(r) for r in rows]
 
@@ -736,11 +743,11 @@ class SqlStore(Store):
         query = self._resource_query().join(
             latest, and_(latest.c.name == RV.c.name, latest.c.version == RV.c.version)
         )
-        with self._tx() as conn:
+        with self._tx(read=True) as conn:
             return [self._resource(r) for r in conn.execute(query.order_by(RV.c.name))]
 
     def get_artifact(self, artifact_hash: str) -> bytes:
-        with self._tx() as conn:
+        with self._tx(read=True) as conn:
             data = conn.execute(select(AR.c.data).where(AR.c.hash == artifact_hash)).scalar()
         if data is None:
             raise NotFound(f"no artifact with sha256 {artifact_hash!r} in the store")
