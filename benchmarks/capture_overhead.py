@@ -14,7 +14,7 @@ round.
 * **voltline**: `voltline.instrument()` (the voltline-langchain plugin), runs inside one
   `voltline.rollout` per round writing to a SQLite file. The background writer validates and
   writes spans *while* the agent runs (it shares the GIL, so its cost is in the agent's time);
-  the final `flush()` of each round is reported separately.
+  the final `flush()` of each round is shown apart in wall time and included in CPU time.
 * **openinference**: `openinference-instrumentation-langchain`'s `LangChainInstrumentor`
   exporting to an OpenTelemetry `InMemorySpanExporter` through a `SimpleSpanProcessor`
   (synchronous export on span end; in memory, so export itself is almost free), or through a
@@ -108,7 +108,9 @@ class OpenInference:
             elapsed = time_runs(agent, runs)
         finally:
             self.instrumentor.uninstrument()
-        self.provider.force_flush()
+        flush_cpu = time.process_time()
+        self.provider.force_flush()  # the batch processor's pending exports, counted like Voltline's
+        CPU_TIMES[-1] += time.process_time() - flush_cpu
         spans = len(self.exporter.get_finished_spans())
         self.exporter.clear()
         return elapsed, spans
@@ -121,7 +123,11 @@ def run_voltline(agent: Any, runs: int, store: voltline.Store) -> tuple[float, f
         with voltline.rollout({"bench": runs}, store=store):
             elapsed = time_runs(agent, runs)
             flush_started = time.perf_counter()
-        flushed = time.perf_counter() - flush_started  # leaving the rollout flushes
+            flush_cpu = time.process_time()
+        # Leaving the rollout flushes: the spans still buffered are validated and written now.
+        # That work is capture's too, so its CPU time is added to the round's.
+        flushed = time.perf_counter() - flush_started
+        CPU_TIMES[-1] += time.process_time() - flush_cpu
         spans = voltline.emitter_stats()["emitted"] - before
     finally:
         voltline.uninstrument()
@@ -204,6 +210,16 @@ def main() -> None:
             "Voltline adds less than OpenInference (wall)",
             f"{volt_added:+.1%} vs {oi_added:+.1%}",
             volt_added < oi_added,
+        ),
+        (
+            f"Voltline adds <= {TARGET_OVERHEAD:.0%} (CPU, final flush included)",
+            f"{cpu_ratio['voltline'] - 1:+.1%}",
+            cpu_ratio["voltline"] - 1 <= TARGET_OVERHEAD,
+        ),
+        (
+            "Voltline adds less than OpenInference (CPU)",
+            f"{cpu_ratio['voltline'] - 1:+.1%} vs {cpu_ratio['openinference'] - 1:+.1%}",
+            cpu_ratio["voltline"] < cpu_ratio["openinference"],
         ),
     ]
     print()
