@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 
 import openai
 import pytest
@@ -56,6 +57,7 @@ def scripted_backend(tokenizer, text: str) -> LocalBackend:
     backend.name, backend.store, backend.adapter, backend.default_max_tokens = "tiny", None, None, 16
     backend.engine, backend.tokenizer = ScriptedEngine(tokenizer, text), tokenizer
     backend._token_text, backend._token_bytes = {}, {}
+    backend._known_versions, backend._prompts = set(), OrderedDict()
     return backend
 
 

@@ -1,7 +1,7 @@
 """Runners: claim queued rollouts from the store and run the agent on each, with heartbeats.
 
-A Runner is a loop in its own process (or a thread, for tests and notebooks): claim one
-rollout, fetch the latest resource versions, run `agent(task, resources)` inside
+A Runner is a loop in its own process (or a thread, for tests and notebooks): claim rollouts,
+fetch the latest resource versions, run `agent(task, resources)` inside
 `voltline.rollout(rollout_id=..., attempt_id=...)` while a side thread heartbeats the attempt,
 then finish the attempt as succeeded, or failed with the agent's exception. A runner that
 dies mid-rollout stops heartbeating; the store then marks that attempt unresponsive and
@@ -16,8 +16,9 @@ import inspect
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from ._store import Store, connect
 
 __all__ = [
     "Agent",
+    "LocalSignals",
     "RunnerOptions",
     "resource_scope",
     "run_claim",
@@ -61,39 +63,128 @@ def _latest_resources(store: Store) -> dict[str, ResourceVersion]:
     return {version.name: version for version in store.list_resources()}
 
 
-class _Heartbeat:
-    """Heartbeats one attempt from a daemon thread until stopped or the attempt is lost."""
+class LocalSignals:
+    """Wake-ups between a Trainer and the runner thread in its own process (`runners=0`).
 
-    def __init__(self, store: Store, attempt_id: str, interval: float) -> None:
+    `enqueued()` wakes the runner at once instead of at its next poll; the runner reports
+    `idle(generation)` when, after that enqueue, it found nothing to claim and nothing running,
+    which is when the Trainer's rollouts are most likely all finished. Both only shorten
+    waits: the runner still polls the store and the Trainer still checks it, so a missed
+    signal costs time, never correctness. Runner processes poll (no shared memory here).
+    """
+
+    def __init__(self) -> None:
+        self.wake = threading.Event()
+        self._cond = threading.Condition()
+        self._generation = 0  # enqueues announced so far
+        self._idle_after = 0  # the latest generation after which the runner was found idle
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def enqueued(self) -> int:
+        """Announce rollouts just enqueued; returns the generation to pass to `wait_idle`."""
+        with self._cond:
+            self._generation += 1
+            generation = self._generation
+        self.wake.set()
+        return generation
+
+    def idle(self, generation: int) -> None:
+        with self._cond:
+            if generation > self._idle_after:
+                self._idle_after = generation
+                self._cond.notify_all()
+
+    def wait_idle(self, generation: int, timeout: float) -> bool:
+        """True once the runner was idle after enqueue `generation`; False after `timeout`."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._idle_after >= generation, timeout)
+
+
+class _Beat:
+    """One attempt's heartbeat state; `lock` is held while its heartbeat is being sent."""
+
+    __slots__ = ("attempt_id", "due", "lock", "lost", "stopped")
+
+    def __init__(self, attempt_id: str, due: float) -> None:
+        self.attempt_id, self.due = attempt_id, due
+        self.lock = threading.Lock()
         self.lost = False
-        self._store, self._attempt_id, self._interval = store, attempt_id, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"voltline-heartbeat-{attempt_id}", daemon=True
-        )
+        self.stopped = False
 
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+class _Heartbeats:
+    """Heartbeats every running attempt of one runner from a single daemon thread.
+
+    One thread per runner rather than per rollout: `Thread.start` waits until the new thread
+    holds the GIL, which with dozens of busy rollout threads costs milliseconds per rollout.
+    """
+
+    def __init__(self, store: Store, interval: float) -> None:
+        self._store, self._interval = store, interval
+        self._lock = threading.Lock()
+        self._beats: dict[str, _Beat] = {}
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def beat(self, attempt_id: str) -> Iterator[_Beat]:
+        """Heartbeat `attempt_id` while inside; `.lost` is final once the block has left."""
+        beat = _Beat(attempt_id, time.monotonic() + self._interval)
+        with self._lock:
+            self._beats[attempt_id] = beat
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="voltline-heartbeat", daemon=True)
+                self._thread.start()
+        try:
+            yield beat
+        finally:
+            with self._lock:
+                self._beats.pop(attempt_id, None)
+            # Wait out a heartbeat in flight, so its verdict (lost or not) is in before the
+            # caller finishes the attempt, and none is sent after.
+            with beat.lock:
+                beat.stopped = True
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        while not self._closed:
+            now = time.monotonic()
+            with self._lock:
+                beats = list(self._beats.values())
+            for beat in beats:
+                if beat.due <= now:
+                    self._send(beat)
+            with self._lock:
+                nearest = min((b.due for b in self._beats.values()), default=now + self._interval)
+            self._wake.wait(max(0.0, min(nearest - time.monotonic(), self._interval)))
+
+    def _send(self, beat: _Beat) -> None:
+        with beat.lock:
+            if beat.stopped:
+                return
             try:
-                self._store.heartbeat(self._attempt_id)
+                self._store.heartbeat(beat.attempt_id)
             except AttemptLost:
                 # Expired or cancelled: another runner may own the rollout now. The agent
                 # cannot be interrupted safely, so we only stop claiming it is alive.
-                self.lost = True
+                beat.lost = True
+                beat.stopped = True
                 log.warning(
-                    "voltline runner: attempt %s was lost; its result will be ignored", self._attempt_id
+                    "voltline runner: attempt %s was lost; its result will be ignored", beat.attempt_id
                 )
                 return
             except Exception as exc:  # store briefly down: keep trying, the timeout decides
-                log.warning("voltline runner: heartbeat for %s failed: %s", self._attempt_id, exc)
+                log.warning("voltline runner: heartbeat for %s failed: %s", beat.attempt_id, exc)
+            beat.due = time.monotonic() + self._interval
 
 
 def _call_agent(agent: Agent, task: Any, resources: dict[str, ResourceVersion]) -> Any:
@@ -108,23 +199,39 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
-def run_claim(store: Store, agent: Agent, claim: Claim, options: RunnerOptions) -> bool:
+def run_claim(
+    store: Store,
+    agent: Agent,
+    claim: Claim,
+    options: RunnerOptions,
+    resources: dict[str, ResourceVersion] | None = None,
+    heartbeats: _Heartbeats | None = None,
+) -> bool:
     """Run the agent on one claimed rollout and finish its attempt. True if it succeeded.
 
-    Never raises for the agent's exceptions (they fail the attempt, which the store retries
-    while attempts remain); store errors while finishing are logged.
+    `resources`: the latest versions, fetched after the claim by the caller (one fetch for a
+    batch of claims started together); None fetches them here. Never raises for the agent's
+    exceptions (they fail the attempt, which the store retries while attempts remain); store
+    errors while finishing are logged.
     """
     rollout_id, attempt_id = claim.rollout.rollout_id, claim.attempt.attempt_id
     error: BaseException | None = None
-    with _Heartbeat(store, attempt_id, options.heartbeat_interval) as beat:
-        try:
-            resources = _latest_resources(store)
-            versions = {name: rv.version for name, rv in resources.items()}
-            with rollout(rollout_id=rollout_id, attempt_id=attempt_id, store=store, resources=versions):
-                _call_agent(agent, claim.rollout.input, resources)
-        except Exception as exc:  # the agent's failure is the rollout's, not the runner's
-            error = exc
-            log.info("voltline runner: rollout %s failed: %s: %s", rollout_id, type(exc).__name__, exc)
+    own = heartbeats is None
+    beats = _Heartbeats(store, options.heartbeat_interval) if heartbeats is None else heartbeats
+    try:
+        with beats.beat(attempt_id) as beat:
+            try:
+                if resources is None:
+                    resources = _latest_resources(store)
+                versions = {name: rv.version for name, rv in resources.items()}
+                with rollout(rollout_id=rollout_id, attempt_id=attempt_id, store=store, resources=versions):
+                    _call_agent(agent, claim.rollout.input, resources)
+            except Exception as exc:  # the agent's failure is the rollout's, not the runner's
+                error = exc
+                log.info("voltline runner: rollout %s failed: %s: %s", rollout_id, type(exc).__name__, exc)
+    finally:
+        if own:
+            beats.close()
     if beat.lost:
         return False
     try:
@@ -141,6 +248,14 @@ def run_claim(store: Store, agent: Agent, claim: Claim, options: RunnerOptions) 
     return error is None
 
 
+def _resources_for_batch(store: Store) -> dict[str, ResourceVersion] | None:
+    try:
+        return _latest_resources(store)
+    except Exception as exc:  # each rollout fetches again, and fails its attempt if that fails too
+        log.warning("voltline runner: could not fetch resources: %s", exc)
+        return None
+
+
 def runner_loop(
     store: Store,
     agent: Agent,
@@ -148,47 +263,81 @@ def runner_loop(
     stop: Any,
     options: RunnerOptions = RunnerOptions(),
     parent_pid: int | None = None,
+    signals: LocalSignals | None = None,
 ) -> int:
     """Claim and run rollouts until `stop` (an Event) is set; returns how many it ran.
 
     Up to `options.concurrency` rollouts run at once, each on its own thread; the loop claims
     only as many as it has free slots, so queued rollouts stay claimable by other runners.
+    Rollouts claimed together share one fetch of the latest resource versions (the Trainer
+    publishes between steps, so they are the same versions a fetch per rollout would see).
     `parent_pid`: exit when that process is gone (a runner must not outlive its Trainer).
+    `signals`: a Trainer in this process wakes the loop on enqueue and learns when it is idle.
     """
     done = 0
     idle = options.poll_interval
     slots = max(1, options.concurrency)
     in_flight: set[Future[bool]] = set()
-    with ThreadPoolExecutor(slots, thread_name_prefix=f"voltline-rollout-{worker_id}") as pool:
-        while not stop.is_set():
-            if parent_pid is not None and os.getppid() != parent_pid:
-                log.warning("voltline runner %s: the trainer process is gone; exiting", worker_id)
-                break
-            finished = {f for f in in_flight if f.done()}
-            done += len(finished)
-            in_flight -= finished
-            free = slots - len(in_flight)
-            claims: list[Claim] = []
-            if free > 0:
-                try:
-                    claims = store.claim(worker_id, free)
-                except Exception as exc:  # store unavailable: back off, try again
-                    log.warning("voltline runner %s: claim failed: %s", worker_id, exc)
-            if claims:
-                idle = options.poll_interval
-                if slots == 1:
-                    run_claim(store, agent, claims[0], options)
-                    done += 1
+    # Set on enqueue (by a Trainer in this process) and whenever a rollout finishes (a slot is free).
+    wake = signals.wake if signals is not None else threading.Event()
+    heartbeats = _Heartbeats(store, options.heartbeat_interval)
+    woken = False  # the last wait ended by `wake`, not by its timeout
+    drained = -1  # the enqueue generation at which a claim last came back short
+    try:
+        with ThreadPoolExecutor(slots, thread_name_prefix=f"voltline-rollout-{worker_id}") as pool:
+            while not stop.is_set():
+                if parent_pid is not None and os.getppid() != parent_pid:
+                    log.warning("voltline runner %s: the trainer process is gone; exiting", worker_id)
+                    break
+                # Cleared before looking at the store: a set after this point is not missed.
+                wake.clear()
+                generation = signals.generation if signals is not None else 0
+                finished = {f for f in in_flight if f.done()}
+                done += len(finished)
+                in_flight -= finished
+                free = slots - len(in_flight)
+                # Woken because a rollout succeeded, with nothing enqueued since the queue ran
+                # dry: nothing new can be claimable (a failed attempt may be requeued, an expired
+                # one is found by the timed polls), so skip a claim transaction per rollout.
+                quiet = (
+                    signals is not None and woken and bool(in_flight) and generation == drained
+                    and all(f.exception() is None and f.result() for f in finished)
+                )  # fmt: skip
+                claims: list[Claim] = []
+                looked = False
+                if free > 0 and not quiet:
+                    try:
+                        claims = store.claim(worker_id, free)
+                        looked = True
+                    except Exception as exc:  # store unavailable: back off, try again
+                        log.warning("voltline runner %s: claim failed: %s", worker_id, exc)
+                    if looked and len(claims) < free:
+                        drained = generation
+                if claims:
+                    idle = options.poll_interval
+                    woken = True  # loop again at once: claim more, or skip it if the queue ran dry
+                    resources = _resources_for_batch(store)
+                    if slots == 1:
+                        run_claim(store, agent, claims[0], options, resources, heartbeats)
+                        done += 1
+                        continue
+                    for c in claims:
+                        future = pool.submit(run_claim, store, agent, c, options, resources, heartbeats)
+                        future.add_done_callback(lambda _: wake.set())
+                        in_flight.add(future)
                     continue
-                in_flight.update(pool.submit(run_claim, store, agent, c, options) for c in claims)
-                continue
-            if in_flight:  # wakes early when a rollout finishes and frees a slot
-                wait(in_flight, timeout=idle, return_when=FIRST_COMPLETED)
-            else:
-                stop.wait(idle)
-            idle = min(idle * 2, options.max_poll_interval)
-        # Rollouts already running finish (or the trainer's stop timeout terminates the process).
-        done += len(in_flight)
+                if signals is not None and looked and not in_flight:
+                    signals.idle(generation)
+                if in_flight or signals is not None:  # wakes early on enqueue or a finished rollout
+                    woken = wake.wait(idle)
+                else:
+                    stop.wait(idle)
+                    woken = False
+                idle = min(idle * 2, options.max_poll_interval)
+            # Rollouts already running finish (or the trainer's stop timeout terminates the process).
+            done += len(in_flight)
+    finally:
+        heartbeats.close()
     get_emitter().flush()
     return done
 

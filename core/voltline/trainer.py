@@ -29,7 +29,7 @@ from typing import Any
 
 from ._context import flush
 from ._models import Rollout
-from ._runner import Agent, RunnerOptions, resource_scope, runner_loop, runner_main
+from ._runner import Agent, LocalSignals, RunnerOptions, resource_scope, runner_loop, runner_main
 from ._store import Store, connect
 from .adapter import RewardRule, build_trajectories, select_attempt
 from .algorithms import Algorithm, NewResource
@@ -47,6 +47,8 @@ class _RunnerPool:
         self.restarts = 0
         self._mp = multiprocessing.get_context("spawn")
         self._stop: Any = self._mp.Event() if n > 0 else threading.Event()
+        # The runner thread shares this process: it can be woken on enqueue and say when idle.
+        self.signals: LocalSignals | None = LocalSignals() if n == 0 else None
         self._workers: list[Any] = []
         self._started = False
 
@@ -58,7 +60,7 @@ class _RunnerPool:
             worker_id = f"{self.tag}-thread-0-pid-{os.getpid()}"
             thread = threading.Thread(
                 target=runner_loop, args=(self.store, self.agent, worker_id, self._stop, self.options),
-                name="voltline-runner-0", daemon=True,
+                kwargs={"signals": self.signals}, name="voltline-runner-0", daemon=True,
             )  # fmt: skip
             thread.start()
             self._workers.append(thread)
@@ -94,6 +96,8 @@ class _RunnerPool:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        if self.signals is not None:
+            self.signals.wake.set()
         deadline = time.monotonic() + timeout
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))
@@ -243,14 +247,25 @@ class Trainer:
                                    "trainer": self.run_id})
                 )  # fmt: skip
         ids = [r.rollout_id for r in self.store.enqueue_many(rows)]
-        return self._wait(ids)
+        signals: LocalSignals | None = getattr(self._pool, "signals", None)
+        generation = signals.enqueued() if signals is not None else None
+        return self._wait(ids, signals, generation)
 
-    def _wait(self, ids: list[str]) -> list[Rollout]:
+    def _wait(self, ids: list[str], signals: LocalSignals | None = None,
+              generation: int | None = None) -> list[Rollout]:  # fmt: skip
         deadline = None if self.step_timeout is None else time.monotonic() + self.step_timeout
         while True:
             # Short waits so a dead runner is replaced promptly; the store's wait also expires
             # attempts whose heartbeat stopped, which is what requeues a killed runner's rollout.
-            rollouts = self.store.wait(ids, timeout=1.0)
+            if signals is not None and generation is not None:
+                # The in-process runner says when it has nothing left: check the store then,
+                # instead of polling it while the rollouts run.
+                idle = signals.wait_idle(generation, timeout=1.0)
+                rollouts = self.store.wait(ids, timeout=0)
+                if idle and not all(r.status.finished for r in rollouts):
+                    signals = None  # held elsewhere (another runner on this store): poll
+            else:
+                rollouts = self.store.wait(ids, timeout=1.0)
             if all(r.status.finished for r in rollouts):
                 return rollouts
             self._pool.revive()
@@ -264,14 +279,20 @@ class Trainer:
                         log.debug("cancel %s: %s", rollout_id, exc)
                 return [self.store.get_rollout(i) for i in ids]
 
-    def _primary_reward(self, rollout_id: str) -> float | None:
+    def _primary_reward(self, rollout: Rollout) -> float | None:
         """The rollout's primary reward (sum of its primary reward spans), as the adapter counts it,
         also for rollouts the adapter skips (no llm turns, e.g. a prompt-only agent)."""
-        attempt = select_attempt(self.store.get_attempts(rollout_id))
-        if attempt is None:
-            return None
+        if rollout.num_attempts == 1:
+            # One attempt: all the rollout's spans are that attempt's; no need to look it up.
+            spans = self.store.query_spans(rollout_id=rollout.rollout_id, kind="reward")
+        else:
+            attempt = select_attempt(self.store.get_attempts(rollout.rollout_id))
+            if attempt is None:
+                return None
+            spans = self.store.query_spans(
+                rollout_id=rollout.rollout_id, attempt_id=attempt.attempt_id, kind="reward"
+            )
         values = []
-        spans = self.store.query_spans(rollout_id=rollout_id, attempt_id=attempt.attempt_id, kind="reward")
         for span in spans:
             value = span.attributes.get("reward.value")
             primary = span.attributes.get("reward.primary", not span.attributes.get("reward.name"))
@@ -281,7 +302,7 @@ class Trainer:
 
     def _summary(self, rollouts: list[Rollout]) -> dict[str, Any]:
         succeeded = [r for r in rollouts if r.status == "succeeded"]
-        rewards = [v for v in (self._primary_reward(r.rollout_id) for r in succeeded) if v is not None]
+        rewards = [v for v in (self._primary_reward(r) for r in succeeded) if v is not None]
         return {
             "mean_reward": sum(rewards) / len(rewards) if rewards else None,
             "rollouts": len(rollouts),

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
 from .errors import ProxyError
+from .protocol import random_hex
 
 __all__ = [
     "IncrementalText",
@@ -147,7 +147,7 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
         content.append(before)
         calls.append(
             {
-                "id": "call_" + os.urandom(12).hex(),
+                "id": "call_" + random_hex(12),
                 "type": "function",
                 "function": {"name": name, "arguments": args if isinstance(args, str) else json.dumps(args)},
             }

@@ -228,21 +228,22 @@ class LocalEngine:
                 logp = torch.log_softmax(logits, dim=-1).cpu()
                 logits = logits.cpu()
                 next_ids = []
+                for r, (job, _) in enumerate(rows):
+                    if active[r] and job.cancelled:
+                        active[r] = False
+                picks = _sample_rows(torch, logits, rows, active, gens, self.pad_id)
+                picked_logp = logp.gather(1, torch.tensor(picks).unsqueeze(1)).squeeze(1).tolist()
                 for r, (job, c) in enumerate(rows):
                     if not active[r]:
                         next_ids.append(self.pad_id)
                         continue
-                    if job.cancelled:
-                        active[r] = False
-                        next_ids.append(self.pad_id)
-                        continue
                     s = job.sampling
-                    tok = _sample(torch, logits[r], s.temperature, s.top_p, gens[r])
+                    tok = picks[r]
                     top = None
                     if s.top_logprobs:
                         values, idx = torch.topk(logp[r], s.top_logprobs)
                         top = list(zip(idx.tolist(), values.tolist(), strict=True))
-                    outbox.append((job, ("token", c, tok, float(logp[r, tok]), top)))
+                    outbox.append((job, ("token", c, tok, picked_logp[r], top)))
                     outs[r].append(tok)
                     counts[r] += 1
                     next_ids.append(tok)
@@ -285,6 +286,36 @@ def _deliver(outbox: list[tuple[GenJob, tuple[Any, ...]]]) -> None:
 def _put_all(items: list[tuple[GenJob, tuple[Any, ...]]]) -> None:
     for job, event in items:
         job.events.put_nowait(event)
+
+
+def _sample_rows(
+    torch: Any, logits: Any, rows: list[tuple[GenJob, int]], active: list[bool], gens: list[Any], pad: int
+) -> list[int]:
+    """The next token of every row (`pad` for inactive ones). Rows that sample plainly (no seed,
+    no top-p) at one temperature share one softmax and one multinomial call, greedy rows one
+    argmax: per-row tensor calls cost more than the model's forward pass at small sizes. Seeded
+    rows draw from their own generator, row by row, so a seed gives the same tokens as alone."""
+    picks = [pad] * len(rows)
+    plain: dict[float, list[int]] = {}
+    for r, (job, _) in enumerate(rows):
+        if not active[r]:
+            continue
+        s = job.sampling
+        if s.temperature <= 0:
+            plain.setdefault(0.0, []).append(r)
+        elif gens[r] is None and s.top_p >= 1.0:
+            plain.setdefault(s.temperature, []).append(r)
+        else:
+            picks[r] = _sample(torch, logits[r], s.temperature, s.top_p, gens[r])
+    for temperature, members in plain.items():
+        index = torch.tensor(members)
+        if temperature <= 0:
+            chosen = torch.argmax(logits[index], dim=-1)
+        else:
+            chosen = torch.multinomial(torch.softmax(logits[index] / temperature, dim=-1), 1).squeeze(1)
+        for r, tok in zip(members, chosen.tolist(), strict=True):
+            picks[r] = tok
+    return picks
 
 
 def _sample(torch: Any, logits: Any, temperature: float, top_p: float, generator: Any) -> int:

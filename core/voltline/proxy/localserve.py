@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from .chat import IncrementalText, cut_at_stop, parse_tool_calls, prompt_ids, token_bytes
 from .errors import ProxyError
@@ -17,6 +20,48 @@ from .record import CallRecord
 __all__ = ["LocalBackend", "Result"]
 
 TOOL_OPEN = "<tool_call>"
+PROMPT_CACHE_SIZE = 1024  # rendered prompts kept; a GRPO group sends one prompt several times
+
+
+class _Coalesced:
+    """Shares one store read among requests that arrive together, without serving stale data.
+
+    A request joins the next read that has not started yet, so every caller gets a value read
+    after it arrived (a version published before a request comes in is what it sees), while a
+    burst of concurrent requests costs one or two reads instead of one each.
+    """
+
+    def __init__(self, fetch: Callable[[], Any]) -> None:
+        self._fetch = fetch
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._next: asyncio.Future[Any] | None = None
+        self._reading = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def get(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (the app restarted): start afresh
+            self._loop, self._next, self._reading, self._task = loop, None, False, None
+        if self._next is None:
+            self._next = loop.create_future()
+        future = self._next
+        if not self._reading:
+            self._reading = True
+            self._task = loop.create_task(self._read())
+        # shield: one caller's cancellation must not cancel the read the others wait on.
+        return await asyncio.shield(future)
+
+    async def _read(self) -> None:
+        try:
+            while self._next is not None:
+                future, self._next = self._next, None
+                try:
+                    future.set_result(await asyncio.to_thread(self._fetch))
+                except Exception as exc:
+                    future.set_exception(exc)
+                    future.exception()  # retrieved here too: no warning if every waiter left
+        finally:
+            self._reading = False
 
 
 @dataclass
@@ -55,6 +100,9 @@ class LocalBackend:
         self.tokenizer = self.engine.tokenizer
         self._token_text: dict[int, str] = {}
         self._token_bytes: dict[int, list[int]] = {}
+        self._latest = _Coalesced(self._latest_adapter)
+        self._known_versions: set[int] = set()  # versions seen in the store (they never go away)
+        self._prompts: OrderedDict[bytes, list[int]] = OrderedDict()
 
     def close(self) -> None:
         self.engine.close()
@@ -87,12 +135,14 @@ class LocalBackend:
         has_adapters = self.store is not None and self.adapter is not None
         if suffix == "base" or (not suffix and not has_adapters):
             return None
-        if not suffix:  # latest: looked up per request, so a new version is used at once
-            return await asyncio.to_thread(self._latest_adapter)
+        if not suffix:  # latest: read after the request arrived, so a new version is used at once
+            return await self._latest.get()
         if not suffix.isdigit() or not has_adapters:
             raise ProxyError(
                 404, f"The model `{model}` does not exist.", param="model", code="model_not_found"
             )
+        if int(suffix) in self._known_versions:
+            return int(suffix)
         from .._errors import NotFound
 
         try:
@@ -104,6 +154,7 @@ class LocalBackend:
                 param="model",
                 code="model_not_found",
             ) from None
+        self._known_versions.add(int(suffix))
         return int(suffix)
 
     async def models(self) -> list[str]:
@@ -119,6 +170,23 @@ class LocalBackend:
         return names
 
     # helpers -------------------------------------------------------------------------------
+    def _chat_prompt_ids(self, messages: list[Any], tools: list[dict[str, Any]] | None) -> list[int]:
+        """`prompt_ids`, cached by the request's messages and tools: rendering the chat template
+        costs more than the rest of a short request, and a GRPO group repeats one prompt."""
+        try:
+            key = orjson.dumps([messages, tools])
+        except TypeError:  # not JSON after all (only possible when called directly): no caching
+            return prompt_ids(self.tokenizer, messages, tools)
+        ids = self._prompts.get(key)
+        if ids is None:
+            ids = prompt_ids(self.tokenizer, messages, tools)
+            self._prompts[key] = ids
+            if len(self._prompts) > PROMPT_CACHE_SIZE:
+                self._prompts.popitem(last=False)
+        else:
+            self._prompts.move_to_end(key)
+        return list(ids)  # callers keep the list (records, jobs): never share the cached one
+
     def _budget(self, prompt_len: int, limit: int | None) -> int:
         room = self.engine.context_length - prompt_len
         if room <= 0 or (limit is not None and limit > room):
@@ -210,7 +278,7 @@ class LocalBackend:
     # chat ----------------------------------------------------------------------------------
     async def chat(self, req: ChatRequest, body: dict[str, Any] | None = None) -> Result:
         variant = await self.resolve(req.model)
-        ids = prompt_ids(self.tokenizer, req.messages, req.tools)
+        ids = self._chat_prompt_ids(req.messages, req.tools)
         top = (req.top_logprobs or 0) if req.logprobs else 0
         rid = completion_id("chatcmpl")
         rec = self._record("chat", req, ids, variant, rid)

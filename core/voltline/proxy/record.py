@@ -9,10 +9,11 @@ emitter, so the request path never waits on the store.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from .protocol import random_hex
 
 __all__ = ["Attribution", "CallRecord", "ChoiceRecord", "attribution", "record_call"]
 
@@ -101,7 +102,7 @@ def _spans(rec: CallRecord, who: Attribution) -> list[dict[str, Any]]:
             attrs["exception.message"] = rec.error
         spans.append(
             {
-                "span_id": os.urandom(8).hex(),
+                "span_id": random_hex(8),
                 "rollout_id": who.rollout_id,
                 "attempt_id": who.attempt_id,
                 "parent_id": who.parent_id,
