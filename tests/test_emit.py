@@ -7,6 +7,7 @@ import asyncio
 import atexit
 import logging
 import threading
+import uuid
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -381,3 +382,24 @@ def test_store_that_recovers_gets_every_span(store_url: str, caplog: pytest.LogC
     finally:
         flaky.close()
         atexit.unregister(emitter._at_exit)
+
+
+def test_span_ids_survive_an_agent_that_reseeds_random(store: Store) -> None:
+    # RL agents often call random.seed(task_seed) per rollout; ids must not repeat because of it.
+    import random
+
+    from voltline_langchain.handler import VoltlineCallbackHandler
+
+    ids: list[str] = []
+    for _ in range(2):
+        with voltline.rollout({"x": 1}, store=store) as r:
+            random.seed(0)
+            voltline.emit_tool("t")
+            with voltline.span("s"):
+                pass
+            handler = VoltlineCallbackHandler()
+            run_id = uuid.uuid4()
+            handler.on_chain_start({"name": "chain"}, {"q": 1}, run_id=run_id)
+            handler.on_chain_end({"a": 2}, run_id=run_id)
+        ids += [s.span_id for s in store.query_spans(rollout_id=r.rollout_id)]
+    assert len(ids) == 6 and len(set(ids)) == 6, ids

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 from ._emitter import get_emitter
+from ._ids import random_hex
 from ._store import Store, connect
 
 __all__ = [
@@ -226,7 +227,7 @@ def _submit(
             )
         return None
     now = time.time()
-    span_id = span_id or os.urandom(8).hex()
+    span_id = span_id or random_hex(8)
     emitter.submit(
         ctx.store,
         {
@@ -446,12 +447,12 @@ def start_span(
             agent_name = agent_name or parent.agent_name
             parent = parent.span_id
         return SpanHandle(
-            os.urandom(8).hex(), name, kind, dict(attributes or {}), parent_id=parent,
+            random_hex(8), name, kind, dict(attributes or {}), parent_id=parent,
             agent_name=agent_name, start_time=time.time() if start_time is None else start_time, rollout=ctx,
         )  # fmt: skip
     except Exception:
         _capture_failed("start_span")
-        return SpanHandle(os.urandom(8).hex(), name, kind, {})
+        return SpanHandle(random_hex(8), name, kind, {})
 
 
 @contextmanager

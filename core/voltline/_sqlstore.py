@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +38,7 @@ from sqlalchemy.engine import make_url
 
 from . import _migrate
 from ._errors import AttemptLost, InvalidInput, NotFound, SchemaOutOfDate, StoreUnavailable
+from ._ids import random_hex
 from ._models import (
     MAX_ATTRIBUTES_BYTES,
     Attempt,
@@ -73,7 +73,7 @@ _RUNNING = AttemptStatus.RUNNING.value
 
 
 def _new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:20]}"
+    return f"{prefix}-{random_hex(10)}"
 
 
 class SqlStore(Store):

@@ -9,28 +9,15 @@ OpenAI-compatible servers do, so clients that send extras keep working.
 from __future__ import annotations
 
 import json
-import os
-import random
 import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .._ids import random_hex
 from .errors import ProxyError
 
 __all__ = ["ChatRequest", "CompletionRequest", "completion_id", "dtype_kwargs", "parse_request", "random_hex"]
-
-# Ids need to be unique, not unpredictable. os.urandom (and uuid4) release the GIL, and with
-# dozens of busy threads in the process (rollouts served in-process) taking it back costs
-# milliseconds per call on the server's event loop. A private generator, seeded from
-# os.urandom and reseeded in forked children, cannot be reset by a user's random.seed().
-_ids = random.Random()
-os.register_at_fork(after_in_child=_ids.seed)
-
-
-def random_hex(nbytes: int) -> str:
-    """`nbytes` random bytes as hex, like `os.urandom(nbytes).hex()` but without a system call."""
-    return f"{_ids.getrandbits(8 * nbytes):0{2 * nbytes}x}"
 
 
 class _Request(BaseModel):

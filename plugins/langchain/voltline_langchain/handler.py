@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from langchain_core.outputs import LLMResult
 import voltline
 from voltline import _context
 from voltline._emitter import get_emitter
+from voltline._ids import random_hex
 
 from . import _convert
 
@@ -431,12 +431,6 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
             self._failed("on_retriever_error", exc)
 
 
-def _span_id() -> str:
-    # Same 16-hex-digit shape as core's ids, without an os.urandom syscall per span (the random
-    # module reseeds itself in forked children, so ids stay distinct across worker processes).
-    return f"{random.getrandbits(64):016x}"
-
-
 def _open_span(name: str, kind: str, parent: Any, attributes: dict[str, Any]) -> voltline.SpanHandle:
     """`voltline.start_span` minus work this handler never needs, on the hot path of every run.
 
@@ -448,10 +442,10 @@ def _open_span(name: str, kind: str, parent: Any, attributes: dict[str, Any]) ->
     agent_name = (attributes.get("gen_ai.agent.name") or name) if kind == "agent" else None
     if parent is None:
         return voltline.SpanHandle(
-            _span_id(), name, kind, attributes, None, agent_name, time.time(), _context._rollout.get()
+            random_hex(8), name, kind, attributes, None, agent_name, time.time(), _context._rollout.get()
         )
     return voltline.SpanHandle(
-        _span_id(), name, kind, attributes, parent.span_id, agent_name or parent.agent_name, time.time(),
+        random_hex(8), name, kind, attributes, parent.span_id, agent_name or parent.agent_name, time.time(),
         parent.rollout or _context._rollout.get(),
     )  # fmt: skip
 
