@@ -60,7 +60,7 @@ class RolloutContext:
     _sequence: Iterator[int] = field(default_factory=itertools.count, repr=False)
 
 
-@dataclass(slots=True)  # one per captured run: slots make it smaller and quicker to build
+@dataclass(slots=True, weakref_slot=True)  # one per captured run: smaller, quicker to build
 class SpanHandle:
     """An open span: from `voltline.span(...)`, or `start_span(...)` in capture code.
 

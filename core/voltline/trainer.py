@@ -266,9 +266,11 @@ class Trainer:
                     signals = None  # held elsewhere (another runner on this store): poll
             else:
                 rollouts = self.store.wait(ids, timeout=1.0)
+            # Also when the step is done: a runner that died during it (its rollouts retried
+            # elsewhere) is replaced before the next step needs it.
+            self._pool.revive()
             if all(r.status.finished for r in rollouts):
                 return rollouts
-            self._pool.revive()
             if deadline is not None and time.monotonic() > deadline:
                 unfinished = [r.rollout_id for r in rollouts if not r.status.finished]
                 log.warning("voltline: step timed out; cancelling %d unfinished rollouts", len(unfinished))
