@@ -225,7 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     rewards = [r["mean_reward"] for r in train]
     windows = [rewards[max(0, i - 9) : i + 1] for i in range(len(rewards))]
     smooth = [sum(w) / len(w) for w in windows]  # 10-step moving average
-    png = write_curve_png(out / "reward_curve.png", [(rewards, (160, 190, 230)), (smooth, (20, 70, 170))])
+    png = write_curve_png(
+        out / "reward_curve.png",
+        [(rewards, (160, 190, 230)), (smooth, (20, 70, 170))],
+        title="GRPO mean train reward per step",
+        labels=("per step", "10-step moving average"),
+    )
     step_s = [r["seconds"] for r in train]
     grpo_s = [r.get("policy/seconds", 0.0) for r in train]
     summary = {
