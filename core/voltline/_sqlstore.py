@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,11 @@ class SqlStore(Store):
         except (ValueError, sa_exc.ArgumentError) as exc:  # what SQLAlchemy says of a malformed URL
             raise InvalidInput(f"invalid store URL {redact_url(url)}: {exc}") from None
         self._pid = os.getpid()
+        # SQLite has one writer at a time. Threads of this process queue for it here, handed
+        # over at once, instead of in SQLite's busy handler, which sleeps up to 100 ms between
+        # tries (dozens of rollout threads then wait tens of ms for a 1 ms transaction).
+        # Other processes still meet in the busy handler.
+        self._write_lock: threading.RLock | None = threading.RLock() if self.dialect == "sqlite" else None
         try:
             with self._engine.begin() as conn:
                 self._check_schema(conn, create)
@@ -167,8 +173,13 @@ class SqlStore(Store):
         if os.getpid() != self._pid:  # forked: never share the parent's sockets or file handles
             self._engine.dispose(close=False)
             self._pid = os.getpid()
+            if self._write_lock is not None:
+                self._write_lock = threading.RLock()  # the parent's may have been held at fork
         try:
-            with self._engine.connect() as conn:
+            with (
+                self._write_lock if self._write_lock is not None and not read else nullcontext(),
+                self._engine.connect() as conn,
+            ):
                 if read:
                     conn.execution_options(voltline_read=True)
                 with conn.begin():
