@@ -124,8 +124,8 @@ class Trainer:
     rollouts each runner runs at once, on threads (an LLM proxy batches their model calls).
     `group_size`: runs per task per step (GRPO groups them by `metadata["group"]`).
     `initial_resources`: versions published at start for names that have none yet. A rollout
-    whose attempt dies or stops heartbeating for `heartbeat_timeout`
-    seconds is retried, up to `max_attempts` attempts.
+    whose attempt dies or stops heartbeating for `heartbeat_timeout` seconds is retried, up to
+    `max_attempts` attempts.
 
     `backend`: "local" (runner processes on this machine) or "ray" (`runners` Ray actors, on
     the cluster at `ray_address`, or the Ray already initialised, or a new local one; needs
