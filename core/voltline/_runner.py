@@ -203,35 +203,29 @@ def run_claim(
     store: Store,
     agent: Agent,
     claim: Claim,
-    options: RunnerOptions,
-    resources: dict[str, ResourceVersion] | None = None,
-    heartbeats: _Heartbeats | None = None,
+    resources: dict[str, ResourceVersion] | None,
+    heartbeats: _Heartbeats,
 ) -> bool:
     """Run the agent on one claimed rollout and finish its attempt. True if it succeeded.
 
     `resources`: the latest versions, fetched after the claim by the caller (one fetch for a
-    batch of claims started together); None fetches them here. Never raises for the agent's
-    exceptions (they fail the attempt, which the store retries while attempts remain); store
-    errors while finishing are logged.
+    batch of claims started together); None (that fetch failed) fetches them here.
+    `heartbeats`: the runner's heartbeat thread. Never raises for the agent's exceptions (they
+    fail the attempt, which the store retries while attempts remain); store errors while
+    finishing are logged.
     """
     rollout_id, attempt_id = claim.rollout.rollout_id, claim.attempt.attempt_id
     error: BaseException | None = None
-    own = heartbeats is None
-    beats = _Heartbeats(store, options.heartbeat_interval) if heartbeats is None else heartbeats
-    try:
-        with beats.beat(attempt_id) as beat:
-            try:
-                if resources is None:
-                    resources = _latest_resources(store)
-                versions = {name: rv.version for name, rv in resources.items()}
-                with rollout(rollout_id=rollout_id, attempt_id=attempt_id, store=store, resources=versions):
-                    _call_agent(agent, claim.rollout.input, resources)
-            except Exception as exc:  # the agent's failure is the rollout's, not the runner's
-                error = exc
-                log.info("voltline runner: rollout %s failed: %s: %s", rollout_id, type(exc).__name__, exc)
-    finally:
-        if own:
-            beats.close()
+    with heartbeats.beat(attempt_id) as beat:
+        try:
+            if resources is None:
+                resources = _latest_resources(store)
+            versions = {name: rv.version for name, rv in resources.items()}
+            with rollout(rollout_id=rollout_id, attempt_id=attempt_id, store=store, resources=versions):
+                _call_agent(agent, claim.rollout.input, resources)
+        except Exception as exc:  # the agent's failure is the rollout's, not the runner's
+            error = exc
+            log.info("voltline runner: rollout %s failed: %s: %s", rollout_id, type(exc).__name__, exc)
     if beat.lost:
         return False
     try:
@@ -318,11 +312,11 @@ def runner_loop(
                     woken = True  # loop again at once: claim more, or skip it if the queue ran dry
                     resources = _resources_for_batch(store)
                     if slots == 1:
-                        run_claim(store, agent, claims[0], options, resources, heartbeats)
+                        run_claim(store, agent, claims[0], resources, heartbeats)
                         done += 1
                         continue
                     for c in claims:
-                        future = pool.submit(run_claim, store, agent, c, options, resources, heartbeats)
+                        future = pool.submit(run_claim, store, agent, c, resources, heartbeats)
                         future.add_done_callback(lambda _: wake.set())
                         in_flight.add(future)
                     continue

@@ -8,8 +8,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from .._ids import random_hex
 from .errors import ProxyError
-from .protocol import random_hex
 
 __all__ = [
     "IncrementalText",

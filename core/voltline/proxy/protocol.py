@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .._ids import random_hex
 from .errors import ProxyError
 
-__all__ = ["ChatRequest", "CompletionRequest", "completion_id", "dtype_kwargs", "parse_request", "random_hex"]
+__all__ = ["ChatRequest", "CompletionRequest", "completion_id", "dtype_kwargs", "parse_request"]
 
 
 class _Request(BaseModel):

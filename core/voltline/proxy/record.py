@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .protocol import random_hex
+from .._ids import random_hex
 
 __all__ = ["Attribution", "CallRecord", "ChoiceRecord", "attribution", "record_call"]
 
