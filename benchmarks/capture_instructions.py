@@ -14,7 +14,8 @@ out. Modes add one layer each:
 * **null-handler**: a callback handler with no methods, installed like Voltline's: LangChain's
   own dispatch cost for having any handler at all.
 * **handler**: Voltline's handler, spans built and handed to an emitter that drops them.
-* **validated**: the emitter buffers them and its writer validates them, but writes nothing.
+* **encoded**: the emitter checks and encodes each span and buffers it; the writer takes
+  them but writes nothing.
 * **full**: `voltline.instrument()` writing to a SQLite file.
 
 Under valgrind everything runs about 50 times slower, which would shrink the writer's batches
@@ -36,7 +37,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-MODES = ("plain", "null-handler", "handler", "validated", "full")
+MODES = ("plain", "null-handler", "handler", "encoded", "full")
 HERE = Path(__file__).resolve().parent
 
 
@@ -73,7 +74,7 @@ def child(mode: str, runs: int) -> None:
     emitter.interval = 10_000  # write only when flushed: see the module docstring
     if mode == "handler":
         emitter.submit = lambda store, span: True  # type: ignore[method-assign]
-    elif mode == "validated":
+    elif mode == "encoded":
         emitter._write_to = lambda store, spans: spans  # type: ignore[method-assign]
     with tempfile.TemporaryDirectory() as tmp:
         store = voltline.connect(f"sqlite:///{Path(tmp) / 'bench.db'}")

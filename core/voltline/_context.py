@@ -22,6 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from ._emitter import get_emitter
 from ._ids import random_hex
+from ._models import EncodedSpan
 from ._store import Store, connect
 
 __all__ = [
@@ -228,24 +229,16 @@ def _submit(
         return None
     now = time.time()
     span_id = span_id or random_hex(8)
-    emitter.submit(
-        ctx.store,
-        {
-            "span_id": span_id,
-            "rollout_id": ctx.rollout_id,
-            "attempt_id": ctx.attempt_id,
-            "parent_id": parent_id,
-            "sequence": next(ctx._sequence),
-            "kind": kind,
-            "name": name,
-            "agent_name": agent_name,
-            "start_time": now if start_time is None else start_time,
-            "end_time": now if end_time is None else end_time,
-            "status": status,
-            "attributes": attributes,
-            "resources": ctx.resources,
-        },
-    )
+    try:
+        span = EncodedSpan.build(
+            span_id, ctx.rollout_id, ctx.attempt_id, kind, name, now if start_time is None else start_time,
+            parent_id, next(ctx._sequence), agent_name, now if end_time is None else end_time, status,
+            attributes, ctx.resources,
+        )  # fmt: skip
+    except Exception as exc:
+        emitter.refuse(name, exc)
+        return None
+    emitter.submit(ctx.store, span)
     return span_id
 
 

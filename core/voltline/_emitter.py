@@ -1,19 +1,17 @@
 """The span pipeline behind every `emit_*` call: a bounded buffer and one writer thread.
 
-The agent's thread only appends a tuple to a deque (no locks, no I/O). A daemon writer
-drains the buffer in batches, validates each span, and writes each batch to its store in
-one transaction. Nothing is dropped silently: overflow, invalid spans and failed writes are
-counted, logged, and readable through `stats()`. Processor/exporter split as in the
+The emitting thread checks and encodes each span once (`EncodedSpan`: a row of plain values,
+attributes as JSON text) and appends it to a deque (no I/O, a lock held for ~100 ns). A daemon
+writer drains the buffer in batches and writes each batch to its store in one transaction.
+Nothing is dropped silently: overflow, invalid spans and failed writes are counted, logged,
+and readable through `stats()`. Processor/exporter split as in the
 OpenTelemetry SDK: this module batches; the `Store` decides where data goes.
 """
 
 from __future__ import annotations
 
 import atexit
-import base64
-import dataclasses
 import logging
-import math
 import os
 import threading
 import time
@@ -22,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._errors import InvalidInput
-from ._models import Span
+from ._models import EncodedSpan
 from ._store import Store
 
 __all__ = ["Emitter", "get_emitter"]
@@ -53,7 +51,7 @@ class Emitter:
     def _init_state(self) -> None:
         # Also run in a forked child: the parent's buffer is the parent's to write, and the
         # parent's writer thread does not exist here.
-        self._buffer: deque[tuple[Store, dict[str, Any]]] = deque()
+        self._buffer: deque[tuple[Store, EncodedSpan]] = deque()
         self._lock = threading.Lock()  # keeps counters exact across agent threads; held for ~100ns
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._processed = 0  # spans taken off the buffer and settled (written or given up on)
@@ -63,8 +61,18 @@ class Emitter:
         self._warned_drop = False
 
     # agent side ------------------------------------------------------------------------
-    def submit(self, store: Store, span: dict[str, Any]) -> bool:
-        """Queue one span (a dict of `Span` fields). Never blocks on I/O, never raises."""
+    def submit(self, store: Store, span: EncodedSpan | Mapping[str, Any]) -> bool:
+        """Queue one span: an `EncodedSpan`, or a mapping of `Span` fields checked and encoded
+        here. Never blocks on I/O, never raises: a span with bad fields is logged and counted."""
+        if type(span) is not EncodedSpan:
+            try:
+                span = EncodedSpan.encode(span)  # type: ignore[arg-type]
+            except Exception as exc:
+                self.refuse(_name(span), exc)
+                return False
+        if span.coerced:
+            self.count("coerced")
+            log.warning("voltline: span %r had non-JSON attribute values; stored them as text", span.row[6])
         with self._lock:
             if len(self._buffer) >= self.max_buffer:
                 self._counts["dropped"] += 1
@@ -87,6 +95,11 @@ class Emitter:
         elif len(self._buffer) >= self.batch_size:
             self._wake.set()
         return True
+
+    def refuse(self, name: Any, error: Exception) -> None:
+        """Count and log a span that could not be encoded (bad fields)."""
+        self.count("invalid")
+        log.warning("voltline: dropped invalid span %r: %s", name, error)
 
     def count(self, counter: str, n: int = 1) -> None:
         with self._lock:
@@ -153,38 +166,32 @@ class Emitter:
                     self._processed += len(batch)
                     self._settled.notify_all()
 
-    def _write(self, batch: list[tuple[Store, dict[str, Any]]]) -> None:
-        by_store: dict[int, tuple[Store, list[Span]]] = {}
-        for store, fields in batch:
-            span = self._validate(fields)
-            if span is not None:
-                entry = by_store.get(id(store))
-                if entry is None:
-                    entry = by_store[id(store)] = (store, [])
-                entry[1].append(span)
+    def _write(self, batch: list[tuple[Store, EncodedSpan]]) -> None:
+        by_store: dict[int, tuple[Store, list[EncodedSpan]]] = {}
+        for store, span in batch:
+            entry = by_store.get(id(store))
+            if entry is None:
+                entry = by_store[id(store)] = (store, [])
+            entry[1].append(span)
         written = [span for store, spans in by_store.values() for span in self._write_to(store, spans)]
         if written:
             self._export(written)
 
-    def _export(self, spans: list[Span]) -> None:
+    def _export(self, spans: list[EncodedSpan]) -> None:
         # Exporters observe spans only once they are durable, so they can never cost training data.
         from ._plugins import exporters
 
-        for exporter in exporters():
+        found = exporters()
+        if not found:
+            return
+        decoded = [span.to_span() for span in spans]
+        for exporter in found:
             try:
-                exporter.export(spans)
+                exporter.export(decoded)
             except Exception:
                 log.exception("voltline: exporter %r failed; the spans are safe in the store", exporter)
 
-    def _validate(self, fields: dict[str, Any]) -> Span | None:
-        try:
-            return Span.model_validate(fields)
-        except Exception as exc:
-            self.count("invalid")
-            log.warning("voltline: dropped invalid span %r: %s", fields.get("name"), exc)
-            return None
-
-    def _write_to(self, store: Store, spans: list[Span]) -> list[Span]:
+    def _write_to(self, store: Store, spans: list[EncodedSpan]) -> list[EncodedSpan]:
         """Write `spans` to `store`, retrying while it is down; returns the spans written."""
         delay = 0.1
         for attempt in range(8):  # about 25 s of retries for a store that is briefly down
@@ -203,54 +210,28 @@ class Emitter:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _write_one_by_one(self, store: Store, spans: list[Span]) -> list[Span]:
-        # A batch is rejected whole; find the bad spans so the good ones still land.
+    def _write_one_by_one(self, store: Store, spans: list[EncodedSpan]) -> list[EncodedSpan]:
+        # A batch is rejected whole (a span id already stored, say); the good spans still land.
         written = []
         for span in spans:
             try:
                 store.add_spans([span])
                 self.count("written")
                 written.append(span)
-                continue
-            except InvalidInput:
-                pass
+            except InvalidInput as exc:
+                self.count("invalid")
+                log.warning("voltline: dropped span %r the store refused: %s", span.row[6], exc)
             except Exception as exc:
                 self.count("write_errors")
-                log.error("voltline: could not write span %r: %s", span.name, exc)
-                continue
-            coerced = span.model_copy(update={"attributes": _jsonable(span.attributes)})
-            try:
-                store.add_spans([coerced])
-                self.count("written")
-                self.count("coerced")
-                written.append(coerced)
-                log.warning("voltline: span %r had non-JSON attribute values; stored them as text", span.name)
-            except Exception as exc:
-                self.count("invalid")
-                log.warning("voltline: dropped span %r the store refused: %s", span.name, exc)
+                log.error("voltline: could not write span %r: %s", span.row[6], exc)
         return written
 
 
-def _jsonable(value: Any) -> Any:
-    """A JSON-safe copy of `value`: objects the agent passed become dicts or text."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bytes | bytearray):
-        return base64.b64encode(value).decode()
-    if hasattr(value, "model_dump"):
-        try:
-            return _jsonable(value.model_dump(mode="json"))
-        except Exception:
-            pass
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
-    return repr(value)
+def _name(fields: Any) -> Any:
+    try:
+        return fields.get("name")
+    except Exception:
+        return None
 
 
 _emitter: Emitter | None = None

@@ -34,7 +34,18 @@ import httpx
 import orjson
 
 from ._errors import AttemptLost, InvalidInput, NotFound, StoreUnavailable, VoltlineError
-from ._models import Attempt, AttemptStatus, Claim, ResourceVersion, Rollout, Span, SpanKind, SpanStatus
+from ._models import (
+    SPAN_FIELDS,
+    Attempt,
+    AttemptStatus,
+    Claim,
+    EncodedSpan,
+    ResourceVersion,
+    Rollout,
+    Span,
+    SpanKind,
+    SpanStatus,
+)
 from ._store import NewRollout, Store, redact_url
 
 __all__ = ["HttpStore", "SpanSpool"]
@@ -463,6 +474,12 @@ def encode_spans(spans: Iterable[Span | Mapping[str, Any]]) -> list[bytes]:
     """
     out = []
     for i, span in enumerate(spans):
+        if isinstance(span, EncodedSpan):  # checked and encoded already: its JSON goes as it is
+            fields = {k: v for k, v in zip(SPAN_FIELDS[:-2], span.row[:-2], strict=True) if v is not None}
+            fields["attributes"] = orjson.Fragment(span.row[-2])
+            fields["resources"] = orjson.Fragment(span.row[-1])
+            out.append(orjson.dumps(fields))
+            continue
         if isinstance(span, Span):
             fields = {k: v for k, v in span.__dict__.items() if v is not None}
         elif isinstance(span, Mapping):

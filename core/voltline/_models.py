@@ -7,9 +7,12 @@ JSON into text columns and keeps artifacts once per content hash.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import math
+from collections.abc import Iterator, Mapping
 from enum import StrEnum
+from math import isfinite
 from typing import Annotated, Any
 
 import orjson
@@ -17,9 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, Strict
 
 __all__ = [
     "MAX_ATTRIBUTES_BYTES",
+    "SPAN_FIELDS",
     "Attempt",
     "AttemptStatus",
     "Claim",
+    "EncodedSpan",
     "Mode",
     "ResourceKind",
     "ResourceVersion",
@@ -199,3 +204,214 @@ class ResourceVersion(_Model):
     created_at: float
     created_by: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
+
+
+# The order of the spans table's columns; an EncodedSpan's row follows it.
+SPAN_FIELDS = (
+    "span_id", "rollout_id", "attempt_id", "parent_id", "sequence", "kind", "name", "agent_name",
+    "start_time", "end_time", "status", "attributes", "resources",
+)  # fmt: skip
+_FIELD_INDEX = {name: i for i, name in enumerate(SPAN_FIELDS)}
+_FIELD_SET = frozenset(SPAN_FIELDS)
+_JSON_FIELDS = (_FIELD_INDEX["attributes"], _FIELD_INDEX["resources"])
+# Both the values and the enum members map to the plain value (StrEnum members hash as their value).
+_KINDS = {kind.value: kind.value for kind in SpanKind}
+_STATUSES = {status.value: status.value for status in SpanStatus}
+
+
+_EMPTY: dict[str, Any] = {}
+
+
+class EncodedSpan(Mapping[str, Any]):
+    """A span checked against `Span`'s rules and encoded once, as the store's row.
+
+    This is what the emitter buffers and hands to `Store.add_spans`: a row of plain values in
+    `SPAN_FIELDS` order with attributes and resources as JSON text. Building it on the
+    emitting thread means the writer neither validates nor re-encodes, and the buffer holds a
+    few strings per span instead of the attribute dicts (which the garbage collector would
+    otherwise traverse again and again while they wait). SQL stores insert the row as it is
+    and the HTTP store sends its JSON as it is; any other store reads it as a mapping of
+    `Span` fields, JSON decoded on access.
+    """
+
+    __slots__ = ("coerced", "row")
+
+    def __init__(self, row: tuple[Any, ...], coerced: bool = False) -> None:
+        self.row = row
+        self.coerced = coerced  # attribute values that were not JSON were stored as text
+
+    def __getitem__(self, key: str) -> Any:
+        i = _FIELD_INDEX[key]
+        return orjson.loads(self.row[i]) if i in _JSON_FIELDS else self.row[i]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SPAN_FIELDS)
+
+    def __len__(self) -> int:
+        return len(SPAN_FIELDS)
+
+    def __repr__(self) -> str:
+        return f"EncodedSpan({dict(zip(SPAN_FIELDS, self.row, strict=True))!r})"
+
+    def to_span(self) -> Span:
+        return Span.model_validate(dict(self))
+
+    @classmethod
+    def encode(cls, fields: Mapping[str, Any]) -> EncodedSpan:
+        """Check `fields` (a mapping of `Span` fields) by `Span`'s rules and encode them.
+
+        Raises ValueError naming the first bad field. Attribute values that are not JSON
+        (objects, sets, bytes, NaN, non-text keys) are stored as text, lists or base64 instead,
+        and the result is marked `coerced`: a span is refused for bad fields, never for its payload.
+        """
+        if not _FIELD_SET.issuperset(fields):
+            unknown = fields.keys() - _FIELD_SET
+            raise ValueError(f"unknown span field(s): {', '.join(sorted(unknown))}")
+        try:
+            return cls.build(**fields)
+        except TypeError as exc:  # a required field missing, or a value of a type beyond checking
+            raise ValueError(str(exc)) from None
+
+    @classmethod
+    def build(
+        cls,
+        span_id: Any,
+        rollout_id: Any,
+        attempt_id: Any,
+        kind: Any,
+        name: Any,
+        start_time: Any,
+        parent_id: Any = None,
+        sequence: Any = None,
+        agent_name: Any = None,
+        end_time: Any = None,
+        status: Any = "ok",
+        attributes: Any = _EMPTY,
+        resources: Any = _EMPTY,
+    ) -> EncodedSpan:
+        """`encode` with the fields as arguments (the emit API's path: no dict in between)."""
+        # Spans from Voltline's own code take this one-expression path; anything else (a str
+        # subclass, an int time, a bad value) goes through the checks that convert or explain.
+        if not (
+            type(span_id) is str and 0 < len(span_id) <= 64
+            and type(rollout_id) is str and 0 < len(rollout_id) <= 64
+            and type(attempt_id) is str and 0 < len(attempt_id) <= 64
+            and (parent_id is None or (type(parent_id) is str and len(parent_id) <= 64))
+            and type(name) is str and 0 < len(name) <= 512
+            and (agent_name is None or (type(agent_name) is str and len(agent_name) <= 256))
+            and type(start_time) is float and isfinite(start_time)
+            and (end_time is None or (type(end_time) is float and isfinite(end_time)))
+        ):  # fmt: skip
+            span_id, rollout_id = _text(span_id, "span_id", 1, 64), _text(rollout_id, "rollout_id", 1, 64)
+            attempt_id = _text(attempt_id, "attempt_id", 1, 64)
+            parent_id = _text(parent_id, "parent_id", 0, 64, optional=True)
+            name = _text(name, "name", 1, 512)
+            agent_name = _text(agent_name, "agent_name", 0, 256, optional=True)
+            start_time = _time(start_time, "start_time")
+            end_time = _time(end_time, "end_time", optional=True)
+        if kind not in _KINDS:
+            raise ValueError(f"kind must be one of {', '.join(_KINDS)}; got {kind!r}")
+        if status not in _STATUSES:
+            raise ValueError(f"status must be 'ok' or 'error'; got {status!r}")
+        if sequence is not None and (type(sequence) is not int or sequence < 0):
+            if isinstance(sequence, bool) or not isinstance(sequence, int) or sequence < 0:
+                raise ValueError(f"sequence must be a whole number >= 0; got {sequence!r}")
+            sequence = int(sequence)
+        if not isinstance(attributes, dict):
+            raise ValueError(f"attributes must be a dict; got {type(attributes).__name__}")
+        attributes_json, coerced = _encode_attributes(attributes) if attributes else ("{}", False)
+        resources_json = _encode_resources(resources)
+        row = (
+            span_id, rollout_id, attempt_id, parent_id, sequence, _KINDS[kind], name, agent_name,
+            start_time, end_time, _STATUSES[status], attributes_json, resources_json,
+        )  # fmt: skip
+        return cls(row, coerced)
+
+
+def _text(value: Any, key: str, low: int, high: int, optional: bool = False) -> str | None:
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{key} is required")
+    if type(value) is not str:
+        if not isinstance(value, str):
+            raise ValueError(f"{key} must be a string; got {type(value).__name__}")
+        value = str(value)
+    if not low <= len(value) <= high:
+        raise ValueError(f"{key} must be {low} to {high} characters long; got {len(value)}")
+    return value
+
+
+def _time(value: Any, key: str, optional: bool = False) -> float | None:
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{key} is required")
+    if type(value) is not float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{key} must be a number of Unix seconds; got {type(value).__name__}")
+        value = float(value)
+    if not isfinite(value):
+        raise ValueError(f"{key} must be a finite number; got {value!r}")
+    return value
+
+
+# Every span of a rollout carries the same resources dict: its JSON is kept for the next span.
+_last_resources: tuple[dict[str, Any], dict[str, Any], str] = ({}, {}, "{}")
+
+
+def _encode_resources(resources: Any) -> str:
+    global _last_resources
+    if not resources:
+        if not isinstance(resources, dict):
+            raise ValueError(f"resources must map names to version numbers; got {resources!r}")
+        return "{}"
+    last = _last_resources
+    if resources is last[0] and resources == last[1]:  # the same dict, unchanged since
+        return last[2]
+    if not isinstance(resources, dict) or not all(
+        isinstance(k, str) and type(v) is int for k, v in resources.items()
+    ):
+        raise ValueError(f"resources must map names to version numbers; got {resources!r}")
+    encoded = orjson.dumps(resources).decode()
+    _last_resources = (resources, dict(resources), encoded)
+    return encoded
+
+
+def _encode_attributes(attributes: dict[str, Any]) -> tuple[str, bool]:
+    try:
+        data = orjson.dumps(attributes)
+        if b"null" in data and _has_non_finite(attributes):
+            raise TypeError("NaN or Infinity")
+        coerced = False
+    except TypeError:
+        try:
+            data = orjson.dumps(_jsonable(attributes))
+        except TypeError as exc:
+            raise ValueError(f"attributes could not be stored as JSON: {exc}") from None
+        coerced = True
+    if len(data) > MAX_ATTRIBUTES_BYTES:
+        raise ValueError(f"attributes are {len(data):,} bytes as JSON; the limit is {MAX_ATTRIBUTES_BYTES:,}")
+    return data.decode(), coerced
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON-safe copy of `value`: objects the agent passed become dicts or text."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode()
+    if hasattr(value, "model_dump"):
+        try:
+            return _jsonable(value.model_dump(mode="json"))
+        except Exception:
+            pass
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    return repr(value)

@@ -42,9 +42,11 @@ from ._errors import AttemptLost, InvalidInput, NotFound, SchemaOutOfDate, Store
 from ._ids import random_hex
 from ._models import (
     MAX_ATTRIBUTES_BYTES,
+    SPAN_FIELDS,
     Attempt,
     AttemptStatus,
     Claim,
+    EncodedSpan,
     Mode,
     ResourceKind,
     ResourceVersion,
@@ -66,10 +68,7 @@ S = SpanRow.__table__
 RV = ResourceRow.__table__
 AR = ArtifactRow.__table__
 
-_SPAN_COLUMNS = (
-    "span_id", "rollout_id", "attempt_id", "parent_id", "sequence", "kind", "name", "agent_name",
-    "start_time", "end_time", "status", "attributes", "resources",
-)  # fmt: skip
+_SPAN_COLUMNS = SPAN_FIELDS
 _RUNNING = AttemptStatus.RUNNING.value
 
 
@@ -518,52 +517,26 @@ class SqlStore(Store):
 
     # spans -------------------------------------------------------------------------
     @staticmethod
-    def _validate_spans(spans: Iterable[Span | Mapping[str, Any]]) -> list[Span]:
-        validated = []
+    def _span_rows(spans: Iterable[Span | Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+        """Each span as a row of the spans table; the whole batch is refused at the first bad span."""
+        rows = []
         first_index: dict[str, int] = {}
         for i, span in enumerate(spans):
-            if not isinstance(span, Span):
-                if not isinstance(span, Mapping):
-                    raise InvalidInput(f"spans[{i}]: expected a Span or a mapping, got {type(span).__name__}")
-                try:
-                    span = Span.model_validate(dict(span))
-                except ValidationError as exc:
-                    problems = "; ".join(
-                        f"{'.'.join(str(p) for p in err['loc']) or 'span'}: {err['msg']}"
-                        for err in exc.errors()
-                    )
-                    raise InvalidInput(
-                        f"spans[{i}] rejected ({problems}); nothing from this batch was stored"
-                    ) from None
-            j = first_index.setdefault(span.span_id, i)
+            # An EncodedSpan was checked and encoded when it was emitted.
+            row = span.row if type(span) is EncodedSpan else _encode_span(span, i)
+            j = first_index.setdefault(row[0], i)
             if j != i:
                 raise InvalidInput(
-                    f"spans[{i}].span_id: {span.span_id!r} is also the id of spans[{j}]; "
+                    f"spans[{i}].span_id: {row[0]!r} is also the id of spans[{j}]; "
                     "nothing from this batch was stored"
                 )
-            validated.append(span)
-        return validated
-
-    @staticmethod
-    def _span_rows(spans: list[Span]) -> list[tuple[Any, ...]]:
-        rows = []
-        for i, s in enumerate(spans):
-            try:
-                attributes = dump_json(s.attributes, f"spans[{i}].attributes", MAX_ATTRIBUTES_BYTES)
-                resources = dump_json(s.resources, f"spans[{i}].resources") if s.resources else "{}"
-            except ValueError as exc:
-                raise InvalidInput(f"{exc}; nothing from this batch was stored") from None
-            rows.append((
-                s.span_id, s.rollout_id, s.attempt_id, s.parent_id, s.sequence, s.kind.value, s.name,
-                s.agent_name, s.start_time, s.end_time, s.status.value, attributes, resources,
-            ))  # fmt: skip
+            rows.append(row)
         return rows
 
     def add_spans(self, spans: Iterable[Span | Mapping[str, Any]]) -> int:
-        validated = self._validate_spans(spans)
-        if not validated:
+        rows = self._span_rows(spans)
+        if not rows:
             return 0
-        rows = self._span_rows(validated)
         try:
             with self._tx() as conn:
                 if any(r[4] is None for r in rows):
@@ -783,3 +756,28 @@ class _Row:
 
     def __init__(self, mapping: dict[str, Any]) -> None:
         self._mapping = mapping
+
+
+def _encode_span(span: Span | Mapping[str, Any], i: int) -> tuple[Any, ...]:
+    """A span given to `add_spans` by a caller (not the emitter) as a row, validated by `Span`."""
+    if not isinstance(span, Span):
+        if not isinstance(span, Mapping):
+            raise InvalidInput(f"spans[{i}]: expected a Span or a mapping, got {type(span).__name__}")
+        try:
+            span = Span.model_validate(dict(span))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'span'}: {err['msg']}" for err in exc.errors()
+            )
+            raise InvalidInput(
+                f"spans[{i}] rejected ({problems}); nothing from this batch was stored"
+            ) from None
+    try:
+        attributes = dump_json(span.attributes, f"spans[{i}].attributes", MAX_ATTRIBUTES_BYTES)
+        resources = dump_json(span.resources, f"spans[{i}].resources") if span.resources else "{}"
+    except ValueError as exc:
+        raise InvalidInput(f"{exc}; nothing from this batch was stored") from None
+    return (
+        span.span_id, span.rollout_id, span.attempt_id, span.parent_id, span.sequence, span.kind.value,
+        span.name, span.agent_name, span.start_time, span.end_time, span.status.value, attributes, resources,
+    )  # fmt: skip

@@ -68,6 +68,9 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
     # moved to an executor thread under async runs, losing ordering and contextvars.
     run_inline = True
     raise_error = False
+    # Plain attributes shadowing BaseCallbackHandler's properties: LangChain reads one per event.
+    ignore_llm = ignore_chain = ignore_agent = ignore_retriever = ignore_chat_model = False
+    ignore_retry = ignore_custom_event = False
     # Every callback catches its own failures inline (log the first of a kind, count all) rather
     # than through a wrapping decorator: one call frame less per callback on the agent's path.
 
