@@ -193,6 +193,27 @@ def test_non_json_attribute_values_are_coerced_not_lost(store: Store) -> None:
     assert spans[fine].attributes["gen_ai.tool.call.result"] == 1
 
 
+def test_a_span_is_stored_as_it_was_when_it_ended(store: Store) -> None:
+    with voltline.rollout("task", store=store) as r:
+        arguments = {"city": "Paris"}
+        span_id = voltline.emit_tool("weather", arguments=arguments)
+        arguments["city"] = "changed after the span ended"
+    assert by_id(store, r.rollout_id)[span_id].attributes["gen_ai.tool.call.arguments"] == {"city": "Paris"}
+
+
+def test_a_span_with_a_bad_field_is_counted_not_raised(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    counters = Counters()
+    with voltline.rollout("task", store=store) as r:
+        handle = voltline.start_span("", kind="chain")  # an empty name is not a span name
+        handle.end()
+        kept = voltline.emit_tool("fine")
+    assert counters["invalid"] == 1
+    assert "dropped invalid span" in caplog.text and "name" in caplog.text
+    assert list(by_id(store, r.rollout_id)) == [kept]
+
+
 def test_emit_reward_with_a_non_number_does_not_raise(store: Store, caplog: pytest.LogCaptureFixture) -> None:
     counters = Counters()
     with caplog.at_level(logging.ERROR, logger="voltline.emit"), voltline.rollout("task", store=store) as r:
