@@ -320,7 +320,11 @@ class EncodedSpan(Mapping[str, Any]):
         if not isinstance(attributes, dict):
             raise ValueError(f"attributes must be a dict; got {type(attributes).__name__}")
         attributes_json, coerced = _encode_attributes(attributes) if attributes else ("{}", False)
-        resources_json = _encode_resources(resources)
+        last = _last_resources  # every span of a rollout carries the same resources dict
+        if resources is last[0] and resources == last[1]:
+            resources_json = last[2]
+        else:
+            resources_json = _encode_resources(resources)
         row = (
             span_id, rollout_id, attempt_id, parent_id, sequence, _KINDS[kind], name, agent_name,
             start_time, end_time, _STATUSES[status], attributes_json, resources_json,
@@ -356,7 +360,7 @@ def _time(value: Any, key: str, optional: bool = False) -> float | None:
     return value
 
 
-# Every span of a rollout carries the same resources dict: its JSON is kept for the next span.
+# The last resources dict encoded, a copy to tell if it changed since, and its JSON.
 _last_resources: tuple[dict[str, Any], dict[str, Any], str] = ({}, {}, "{}")
 
 
@@ -366,9 +370,6 @@ def _encode_resources(resources: Any) -> str:
         if not isinstance(resources, dict):
             raise ValueError(f"resources must map names to version numbers; got {resources!r}")
         return "{}"
-    last = _last_resources
-    if resources is last[0] and resources == last[1]:  # the same dict, unchanged since
-        return last[2]
     if not isinstance(resources, dict) or not all(
         isinstance(k, str) and type(v) is int for k, v in resources.items()
     ):
