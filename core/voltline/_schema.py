@@ -54,7 +54,6 @@ class AttemptRow(SQLModel, table=True):
 class SpanRow(SQLModel, table=True):
     __tablename__ = "spans"
     __table_args__ = (
-        Index("ix_spans_rollout_seq", "rollout_id", "sequence"),
         Index("ix_spans_attempt_seq", "attempt_id", "sequence"),
         Index("ix_spans_rollout_agent", "rollout_id", "agent_name"),
     )
