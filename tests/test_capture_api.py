@@ -80,6 +80,7 @@ def test_upgrading_a_0001_database_keeps_its_spans(tmp_path):
     with sqlite3.connect(path) as conn:  # take it back to how revision 0001 left it
         conn.execute("DROP INDEX ix_spans_rollout_agent")
         conn.execute("ALTER TABLE spans DROP COLUMN agent_name")
+        conn.execute("CREATE INDEX ix_spans_rollout_seq ON spans (rollout_id, sequence)")  # 0003 drops it
         conn.execute("UPDATE alembic_version SET version_num = '0001'")
     store = voltline.connect(f"sqlite:///{path}")
     (reward,) = store.query_spans(rollout_id=r.rollout_id)
