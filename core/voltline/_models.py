@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import math
 from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from math import isfinite
@@ -112,7 +111,7 @@ def dump_json(value: Any, what: str, limit: int | None = None) -> str:
 
 def _has_non_finite(value: Any) -> bool:
     if isinstance(value, float):
-        return not math.isfinite(value)
+        return not isfinite(value)
     if isinstance(value, dict):
         return any(_has_non_finite(v) for v in value.values())
     if isinstance(value, list | tuple):
@@ -380,20 +379,11 @@ def _encode_resources(resources: Any) -> str:
 
 
 def _encode_attributes(attributes: dict[str, Any]) -> tuple[str, bool]:
+    """Attributes as JSON text, and whether values that are not JSON had to be coerced."""
     try:
-        data = orjson.dumps(attributes)
-        if b"null" in data and _has_non_finite(attributes):
-            raise TypeError("NaN or Infinity")
-        coerced = False
-    except TypeError:
-        try:
-            data = orjson.dumps(_jsonable(attributes))
-        except TypeError as exc:
-            raise ValueError(f"attributes could not be stored as JSON: {exc}") from None
-        coerced = True
-    if len(data) > MAX_ATTRIBUTES_BYTES:
-        raise ValueError(f"attributes are {len(data):,} bytes as JSON; the limit is {MAX_ATTRIBUTES_BYTES:,}")
-    return data.decode(), coerced
+        return dump_json(attributes, "attributes", MAX_ATTRIBUTES_BYTES), False
+    except ValueError:  # not JSON, or too large (which coercing will not change: it raises again)
+        return dump_json(_jsonable(attributes), "attributes", MAX_ATTRIBUTES_BYTES), True
 
 
 def _jsonable(value: Any) -> Any:
@@ -401,7 +391,7 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
+        return value if isfinite(value) else str(value)
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
