@@ -68,7 +68,6 @@ S = SpanRow.__table__
 RV = ResourceRow.__table__
 AR = ArtifactRow.__table__
 
-_SPAN_COLUMNS = SPAN_FIELDS
 _RUNNING = AttemptStatus.RUNNING.value
 
 
@@ -596,13 +595,13 @@ class SqlStore(Store):
     def _insert_spans(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
         if self.dialect == "postgresql":
             cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-            with cursor, cursor.copy(f"COPY spans ({', '.join(_SPAN_COLUMNS)}) FROM STDIN") as copy:
+            with cursor, cursor.copy(f"COPY spans ({', '.join(SPAN_FIELDS)}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
             return
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         cursor.executemany(
-            f"INSERT INTO spans ({', '.join(_SPAN_COLUMNS)}) VALUES ({', '.join('?' * len(_SPAN_COLUMNS))})",
+            f"INSERT INTO spans ({', '.join(SPAN_FIELDS)}) VALUES ({', '.join('?' * len(SPAN_FIELDS))})",
             rows,
         )
         cursor.close()
