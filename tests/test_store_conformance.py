@@ -333,10 +333,11 @@ def test_rollouts_without_timeouts_never_expire(store: Store) -> None:
 
 
 def test_expire_attempts_with_a_real_short_sleep(store: Store) -> None:
-    r = store.enqueue("t", heartbeat_timeout=0.2)
+    # 1 s, not less: over HTTP on a loaded 2-core box, claim and the first check once took 0.2 s.
+    r = store.enqueue("t", heartbeat_timeout=1.0)
     (c,) = store.claim("w")
     assert store.expire_attempts() == []
-    time.sleep(0.35)
+    time.sleep(1.3)
     (expired,) = store.expire_attempts()
     assert expired.attempt_id == c.attempt.attempt_id
     assert expired.status == "unresponsive"
