@@ -11,8 +11,8 @@ the difference divided by the difference in runs is the cost of one agent run, s
 out. Modes add one layer each:
 
 * **plain**: LangChain and LangGraph alone.
-* **null-handler**: a callback handler with no methods, installed like Voltline's: LangChain's
-  own dispatch cost for having any handler at all.
+* **null-handler**: a callback handler whose methods do nothing, installed like Voltline's:
+  LangChain's own dispatch cost for having any handler at all.
 * **handler**: Voltline's handler, spans built and handed to an emitter that drops them.
 * **encoded**: the emitter checks and encodes each span and buffers it; the writer takes
   them but writes nothing.
@@ -65,6 +65,13 @@ def child(mode: str, runs: int) -> None:
         class Null(BaseCallbackHandler):
             run_inline = True
             raise_error = False
+            # As Voltline's handler does: without this, LangChain falls back to on_llm_start
+            # and formats every message as text first, a cost no real handler pays.
+            ignore_llm = ignore_chain = ignore_agent = ignore_retriever = ignore_chat_model = False
+            ignore_retry = ignore_custom_event = False
+
+            def on_chat_model_start(self, *args: object, **kwargs: object) -> None:
+                pass
 
         handler = Null()
         lc_context.register_configure_hook(ContextVar("null", default=handler), True, Null)

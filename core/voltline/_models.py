@@ -219,6 +219,7 @@ _STATUSES = {status.value: status.value for status in SpanStatus}
 
 
 _EMPTY: dict[str, Any] = {}
+_new = object.__new__
 
 
 class EncodedSpan(Mapping[str, Any]):
@@ -316,19 +317,30 @@ class EncodedSpan(Mapping[str, Any]):
             if isinstance(sequence, bool) or not isinstance(sequence, int) or sequence < 0:
                 raise ValueError(f"sequence must be a whole number >= 0; got {sequence!r}")
             sequence = int(sequence)
-        if not isinstance(attributes, dict):
+        if type(attributes) is not dict and not isinstance(attributes, dict):
             raise ValueError(f"attributes must be a dict; got {type(attributes).__name__}")
-        attributes_json, coerced = _encode_attributes(attributes) if attributes else ("{}", False)
+        # dump_json's checks, inline: this runs once per captured span. A "null" in the output may
+        # be a NaN orjson wrote as null, and too large a span is refused: both take the slow path.
+        try:
+            data = orjson.dumps(attributes)
+        except TypeError:
+            data = None
+        if data is not None and b"null" not in data and len(data) <= MAX_ATTRIBUTES_BYTES:
+            attributes_json, coerced = data.decode(), False
+        else:
+            attributes_json, coerced = _encode_attributes(attributes)
         last = _last_resources  # every span of a rollout carries the same resources dict
         if resources is last[0] and resources == last[1]:
             resources_json = last[2]
         else:
             resources_json = _encode_resources(resources)
-        row = (
+        span = _new(cls)  # not cls(...): no __init__ frame on the per-span path
+        span.row = (
             span_id, rollout_id, attempt_id, parent_id, sequence, _KINDS[kind], name, agent_name,
             start_time, end_time, _STATUSES[status], attributes_json, resources_json,
         )  # fmt: skip
-        return cls(row, coerced)
+        span.coerced = coerced
+        return span
 
 
 def _text(value: Any, key: str, low: int, high: int, optional: bool = False) -> str | None:

@@ -77,7 +77,7 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
     def __init__(self, emitter: Any = None) -> None:
         super().__init__()
         self._emitter = emitter
-        self._runs: dict[UUID, _Run] = {}
+        self._runs: dict[int, _Run] = {}  # by run_id.int
         self._reported: set[tuple[str, type]] = set()
         self._warned_outside = False
 
@@ -117,36 +117,50 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         *,
         make_current: bool = False,
     ) -> _Run:
-        parent = self._runs.get(parent_run_id) if parent_run_id is not None else None
+        # Runs are keyed by the UUID's int: hashing a UUID is a Python-level call, its int is not.
+        parent = self._runs.get(parent_run_id.int) if parent_run_id is not None else None
+        key = run_id.int
         metadata = metadata or {}
         agent = metadata.get("lc_agent_name")
         if parent is not None:
             if parent.handle is None:  # the whole tree is outside a rollout
-                run = self._runs[run_id] = _Run(None, False, agent)
+                run = self._runs[key] = _Run(None, False, agent)
                 return run
             if tags and HIDDEN_TAG in tags and kind == "chain":
-                run = self._runs[run_id] = _Run(parent.handle, False, parent.agent)
+                run = self._runs[key] = _Run(parent.handle, False, parent.agent)
                 return run
-            parent_handle: Any = parent.handle
+            parent_handle: voltline.SpanHandle | None = parent.handle
             parent_agent = parent.agent
         else:
-            if _context.current_rollout() is None and _context.current_span() is None:
+            parent_handle = _context._current.get()
+            if parent_handle is None and _context._rollout.get() is None:
                 self._outside(name)
-                run = self._runs[run_id] = _Run(None, False, agent)
+                run = self._runs[key] = _Run(None, False, agent)
                 return run
-            parent_handle = _context.CURRENT
             parent_agent = None
         if kind == "chain" and self._starts_agent(metadata, agent, parent_agent, parent):
             kind = "agent"
             agent = agent or name
             attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent, **attributes}
             name = f"invoke_agent {agent}"
-        handle = _open_span(name, kind, parent_handle, attributes)
+        # `voltline.start_span` minus what this handler never needs (the attributes are a fresh
+        # dict, the parent a handle or None), on the hot path of every run.
+        if parent_handle is None:
+            handle = voltline.SpanHandle(
+                random_hex(8), name, kind, attributes, None, agent if kind == "agent" else None, time.time(),
+                _context._rollout.get(),
+            )  # fmt: skip
+        else:
+            handle = voltline.SpanHandle(
+                random_hex(8), name, kind, attributes, parent_handle.span_id,
+                agent if kind == "agent" else parent_handle.agent_name, time.time(),
+                parent_handle.rollout or _context._rollout.get(),
+            )  # fmt: skip
         run = _Run(handle, True, agent or parent_agent)
         if make_current:
             run.previous = _context._current.get()
             _context._current.set(handle)
-        self._runs[run_id] = run
+        self._runs[key] = run
         return run
 
     @staticmethod
@@ -167,7 +181,7 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         attributes: Mapping[str, Any] | None = None,
         status: str = "ok",
     ) -> _Run | None:
-        run = self._runs.pop(run_id, None)
+        run = self._runs.pop(run_id.int, None)
         if not self._runs:
             # Nothing in flight: the converted-message cache would only keep this agent run's
             # messages alive into the next, where they age into the old GC generations and make
@@ -221,7 +235,7 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         self, outputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
     ) -> None:
         try:
-            run = self._runs.get(run_id)
+            run = self._runs.get(run_id.int)
             extra = None
             if run is not None and run.own and run.handle is not None and "input" in run.handle.attributes:
                 try:
@@ -290,7 +304,7 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
 
     def on_llm_new_token(self, token: str, *, run_id: UUID, **kwargs: Any) -> None:
         try:
-            run = self._runs.get(run_id)
+            run = self._runs.get(run_id.int)
             if run is not None and run.first_token and run.handle is not None:
                 run.first_token = False
                 attrs = run.handle.attributes
@@ -301,9 +315,9 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         try:
-            run = self._runs.get(run_id)
+            run = self._runs.get(run_id.int)
             if run is None or run.handle is None:
-                self._runs.pop(run_id, None)
+                self._runs.pop(run_id.int, None)
                 return
             try:
                 attrs = _convert.llm_result_attributes(response)
@@ -432,25 +446,6 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
             self._end(run_id, error=error)
         except Exception as exc:  # never into the agent
             self._failed("on_retriever_error", exc)
-
-
-def _open_span(name: str, kind: str, parent: Any, attributes: dict[str, Any]) -> voltline.SpanHandle:
-    """`voltline.start_span` minus work this handler never needs, on the hot path of every run.
-
-    `attributes` is always a fresh dict built by the caller, so it is not copied again; the
-    parent is a handle, None, or `_context.CURRENT`, and the agent name follows start_span's rule.
-    """
-    if parent is _context.CURRENT:
-        parent = _context._current.get()
-    agent_name = (attributes.get("gen_ai.agent.name") or name) if kind == "agent" else None
-    if parent is None:
-        return voltline.SpanHandle(
-            random_hex(8), name, kind, attributes, None, agent_name, time.time(), _context._rollout.get()
-        )
-    return voltline.SpanHandle(
-        random_hex(8), name, kind, attributes, parent.span_id, agent_name or parent.agent_name, time.time(),
-        parent.rollout or _context._rollout.get(),
-    )  # fmt: skip
 
 
 def _serialized_name(serialized: Mapping[str, Any] | None) -> str | None:
