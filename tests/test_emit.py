@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
@@ -424,3 +425,39 @@ def test_span_ids_survive_an_agent_that_reseeds_random(store: Store) -> None:
             handler.on_chain_end({"a": 2}, run_id=run_id)
         ids += [s.span_id for s in store.query_spans(rollout_id=r.rollout_id)]
     assert len(ids) == 6 and len(set(ids)) == 6, ids
+
+
+def test_span_ids_ascend_within_a_process_and_differ_in_a_forked_child() -> None:
+    # Ascending keys keep span inserts on the last page of the primary-key index.
+    from voltline._ids import new_span_id
+
+    minted: list[str] = []
+    lock = threading.Lock()
+
+    def mint() -> None:
+        mine = [new_span_id() for _ in range(2_000)]
+        with lock:
+            minted.extend(mine)
+
+    threads = [threading.Thread(target=mint) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(minted)) == 8_000
+    assert all(len(i) == 16 and int(i, 16) >= 0 for i in minted)
+    sequential = [new_span_id() for _ in range(100)]
+    assert sequential == sorted(sequential) or sequential[0] > sequential[-1]  # sorted, bar a wrap past 2**64
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports its first id and leaves at once
+        os.write(write, new_span_id().encode())
+        os._exit(0)
+    os.close(write)
+    child_id = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    parent_next = new_span_id()
+    # The child starts from a fresh random point, not where the parent's counter stood.
+    assert len(child_id) == 16 and abs(int(child_id, 16) - int(parent_next, 16)) > 1_000_000

@@ -22,7 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from . import _emitter
 from ._emitter import get_emitter
-from ._ids import random_hex
+from ._ids import new_span_id
 from ._models import EncodedSpan
 from ._store import Store, connect
 
@@ -228,7 +228,7 @@ def _submit(
             )
         return None
     now = time.time()
-    span_id = span_id or random_hex(8)
+    span_id = span_id or new_span_id()
     try:
         span = EncodedSpan.build(
             span_id, ctx.rollout_id, ctx.attempt_id, kind, name, now if start_time is None else start_time,
@@ -440,12 +440,12 @@ def start_span(
             agent_name = agent_name or parent.agent_name
             parent = parent.span_id
         return SpanHandle(
-            random_hex(8), name, kind, dict(attributes or {}), parent_id=parent,
+            new_span_id(), name, kind, dict(attributes or {}), parent_id=parent,
             agent_name=agent_name, start_time=time.time() if start_time is None else start_time, rollout=ctx,
         )  # fmt: skip
     except Exception:
         _capture_failed("start_span")
-        return SpanHandle(random_hex(8), name, kind, {})
+        return SpanHandle(new_span_id(), name, kind, {})
 
 
 @contextmanager

@@ -332,6 +332,8 @@ class EncodedSpan(Mapping[str, Any]):
         last = _last_resources  # every span of a rollout carries the same resources dict
         if resources is last[0] and resources == last[1]:
             resources_json = last[2]
+        elif type(resources) is dict and not resources:
+            resources_json = "{}"
         else:
             resources_json = _encode_resources(resources)
         span = _new(cls)  # not cls(...): no __init__ frame on the per-span path

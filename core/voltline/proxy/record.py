@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._ids import random_hex
+from .._ids import new_span_id
 
 __all__ = ["Attribution", "CallRecord", "ChoiceRecord", "attribution", "record_call"]
 
@@ -102,7 +102,7 @@ def _spans(rec: CallRecord, who: Attribution) -> list[dict[str, Any]]:
             attrs["exception.message"] = rec.error
         spans.append(
             {
-                "span_id": random_hex(8),
+                "span_id": new_span_id(),
                 "rollout_id": who.rollout_id,
                 "attempt_id": who.attempt_id,
                 "parent_id": who.parent_id,

@@ -29,7 +29,7 @@ from langchain_core.outputs import LLMResult
 import voltline
 from voltline import _context
 from voltline._emitter import get_emitter
-from voltline._ids import random_hex
+from voltline._ids import new_span_id
 
 from . import _convert
 
@@ -147,12 +147,12 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         # dict, the parent a handle or None), on the hot path of every run.
         if parent_handle is None:
             handle = voltline.SpanHandle(
-                random_hex(8), name, kind, attributes, None, agent if kind == "agent" else None, time.time(),
+                new_span_id(), name, kind, attributes, None, agent if kind == "agent" else None, time.time(),
                 _context._rollout.get(),
             )  # fmt: skip
         else:
             handle = voltline.SpanHandle(
-                random_hex(8), name, kind, attributes, parent_handle.span_id,
+                new_span_id(), name, kind, attributes, parent_handle.span_id,
                 agent if kind == "agent" else parent_handle.agent_name, time.time(),
                 parent_handle.rollout or _context._rollout.get(),
             )  # fmt: skip
