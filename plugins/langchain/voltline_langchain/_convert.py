@@ -72,20 +72,16 @@ def _tool_calls(message: BaseMessage) -> Any:
 
 
 def _fingerprint(message: BaseMessage) -> tuple[Any, ...]:
-    return (message.content, message.name, message.id, _tool_calls(message))
+    # The fields the converted form is made of (message.id is not one: LangGraph sets it later).
+    return (message.content, message.name, _tool_calls(message))
 
 
 def message_dict(message: BaseMessage) -> dict[str, Any]:
     """One LangChain message as an OpenAI chat message (shared: do not mutate the result)."""
     hit = _converted.get(id(message))
     if hit is not None and hit[0] is message:
-        content, name, msg_id, calls = hit[1]
-        if (
-            message.content is content
-            and message.name == name
-            and message.id == msg_id
-            and _tool_calls(message) is calls
-        ):
+        content, name, calls = hit[1]
+        if message.content is content and message.name == name and _tool_calls(message) is calls:
             return hit[2]
     out = _message_dict(message)
     if len(_converted) >= _CACHE_SIZE:
