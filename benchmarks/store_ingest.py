@@ -40,6 +40,7 @@ from typing import Any
 import voltline
 from voltline import Span
 from voltline._emitter import get_emitter
+from voltline._ids import new_span_id
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -136,7 +137,7 @@ class SpanFactory:
             llm = i % 2 == 0
             start = now + i * 0.01
             out.append({
-                "span_id": os.urandom(8).hex(),  # what the emit API uses
+                "span_id": new_span_id(),  # what the emit API uses
                 "rollout_id": self.rollout_id,
                 "attempt_id": self.attempt_id,
                 "parent_id": None,
