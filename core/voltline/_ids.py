@@ -9,8 +9,8 @@ again. So: a private generator, seeded from `os.urandom`, reseeded in forked chi
 Span ids are not random but *ascending*: a random 64-bit start per process, plus one per span.
 Every span is a row keyed by its id, and random keys land on random pages of that B-tree index:
 on SQLite, inserting a span into a 100k-span table cost three times what it cost into an empty
-one, while ascending keys go to the same last page and cost the same at any size
-(`benchmarks/capture_overhead.py` notes). Two processes collide only if their starts lie
+one (six times at 300k), while ascending keys go to the same last page and cost the same at any size
+(`benchmarks/span_id_order.py`). Two processes collide only if their starts lie
 within one run's span count of each other (about 1e-13 for a million spans each).
 """
 
