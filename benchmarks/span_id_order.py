@@ -25,9 +25,12 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
+
+from _postgres import fresh_schema
 
 import voltline
 from voltline._ids import new_span_id
@@ -102,20 +105,20 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         rows = template_rows(voltline.connect(f"sqlite:///{Path(tmp) / 'template.db'}"))
-        targets = [("SQLite", lambda case: f"sqlite:///{Path(tmp) / case}.db")]
+        targets: list[tuple[str, Callable[[str], Any]]] = [
+            ("SQLite", lambda case: nullcontext((f"sqlite:///{Path(tmp) / case}.db", None)))
+        ]
         if args.postgres:
-            targets.append(("PostgreSQL", lambda case: _pg_url(args.postgres_url)))
-        for label, url_for in targets:
+            targets.append(("PostgreSQL", lambda case: fresh_schema(args.postgres_url)))
+        for label, place_for in targets:
             baseline = 0.0
             for make_id in (random_ids, ascending_ids):
-                url = url_for(make_id.__name__)
-                store = voltline.connect(url)
-                try:
-                    costs = run_case(store, rows, make_id, args.spans, args.batch)
-                finally:
-                    store.close()
-                    if label == "PostgreSQL":
-                        _drop_schema(url)
+                with place_for(make_id.__name__) as (url, _admin):
+                    store = voltline.connect(url)
+                    try:
+                        costs = run_case(store, rows, make_id, args.spans, args.batch)
+                    finally:
+                        store.close()
                 tenth = max(1, len(costs) // 10)
                 cpu0, wall0 = (statistics.median(c[k] for c in costs[:tenth]) for k in (0, 1))
                 cpu1, wall1 = (statistics.median(c[k] for c in costs[-tenth:]) for k in (0, 1))
@@ -128,25 +131,6 @@ def main() -> None:
                     f"{wall1 / baseline:.2f}x",
                 ]
                 print(f"| {' | '.join(cells)} |")
-
-
-def _pg_url(base: str) -> str:
-    schema = f"voltline_bench_{uuid.uuid4().hex[:12]}"
-    import psycopg
-
-    with psycopg.connect(base.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in base else "?"
-    return f"{base}{sep}options=-csearch_path%3D{schema}"
-
-
-def _drop_schema(url: str) -> None:
-    import psycopg
-
-    base, _, options = url.partition("?options=-csearch_path%3D")
-    base = base.rstrip("?&")
-    with psycopg.connect(base.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {options} CASCADE")
 
 
 if __name__ == "__main__":

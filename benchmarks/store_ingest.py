@@ -30,12 +30,13 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from _postgres import fresh_schema
 
 import voltline
 from voltline import Span
@@ -318,16 +319,14 @@ def bench_sqlite(tmp: Path, args: argparse.Namespace) -> list[Result]:
 def bench_postgres(base_url: str, args: argparse.Namespace) -> list[Result]:
     import psycopg
 
-    schema = f"voltline_bench_{uuid.uuid4().hex[:12]}"
-    conninfo = base_url.replace("postgresql+psycopg://", "postgresql://", 1)
     try:
-        admin = psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
+        conninfo = base_url.replace("postgresql+psycopg://", "postgresql://", 1)
+        psycopg.connect(conninfo, connect_timeout=5).close()
     except psycopg.OperationalError as exc:
         print(f"PostgreSQL at {base_url} unavailable ({exc}); skipping it (--skip-postgres to silence)")
         return [Result("PostgreSQL", "skipped: server unavailable", 0, [])]
-    admin.execute(f'CREATE SCHEMA "{schema}"')
-    url = f"{base_url}{'&' if '?' in base_url else '?'}options=-csearch_path%3D{schema}"
-    try:
+    with fresh_schema(base_url) as (url, admin):
+        schema = url.rsplit("%3D", 1)[1]
 
         def count() -> int:
             return admin.execute(f'SELECT count(*) FROM "{schema}".spans').fetchone()[0]
@@ -338,9 +337,6 @@ def bench_postgres(base_url: str, args: argparse.Namespace) -> list[Result]:
             return bench
 
         return bench_store("PostgreSQL", open_store, args)
-    finally:
-        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.close()
 
 
 def percentile(sorted_values: Sequence[int], p: float) -> float:

@@ -146,16 +146,14 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         # `voltline.start_span` minus what this handler never needs (the attributes are a fresh
         # dict, the parent a handle or None), on the hot path of every run.
         if parent_handle is None:
-            handle = voltline.SpanHandle(
-                new_span_id(), name, kind, attributes, None, agent if kind == "agent" else None, time.time(),
-                _context._rollout.get(),
-            )  # fmt: skip
+            parent_id, inherited_agent, rollout = None, None, _context._rollout.get()
         else:
-            handle = voltline.SpanHandle(
-                new_span_id(), name, kind, attributes, parent_handle.span_id,
-                agent if kind == "agent" else parent_handle.agent_name, time.time(),
-                parent_handle.rollout or _context._rollout.get(),
-            )  # fmt: skip
+            parent_id, inherited_agent = parent_handle.span_id, parent_handle.agent_name
+            rollout = parent_handle.rollout or _context._rollout.get()
+        handle = voltline.SpanHandle(
+            new_span_id(), name, kind, attributes, parent_id, agent if kind == "agent" else inherited_agent,
+            time.time(), rollout,
+        )  # fmt: skip
         run = _Run(handle, True, agent or parent_agent)
         if make_current:
             run.previous = _context._current.get()
