@@ -591,6 +591,25 @@ def test_bad_span_rejects_the_whole_batch(store: Store, case: str) -> None:
     assert len(store.query_spans(rollout_id=c.rollout.rollout_id)) == 5
 
 
+def test_a_large_batch_goes_in_whole_or_not_at_all(store: Store) -> None:
+    # SQLite writes a batch as several multi-row INSERTs (256 rows each): the batch must still be
+    # one transaction, with every row and value in place, and a duplicate in a later chunk
+    # must leave nothing of the earlier chunks behind.
+    c = store.start_rollout("t")
+    times = [1_700_000_000.0 + i / 7 for i in range(600)]
+    batch = [span(c, f"big-{i}", i, attributes={"i": i}, end_time=times[i]) for i in range(600)]
+    assert store.add_spans(batch) == 600
+    stored = store.query_spans(rollout_id=c.rollout.rollout_id)
+    assert [s.span_id for s in stored] == [f"big-{i}" for i in range(600)]
+    assert [s.attributes for s in stored] == [{"i": i} for i in range(600)]
+    assert [s.end_time for s in stored] == times
+
+    again = [span(c, f"more-{i}", 600 + i) for i in range(599)] + [span(c, "big-3", 1199)]
+    with pytest.raises(InvalidInput, match=r"spans\[599\]\.span_id"):
+        store.add_spans(again)
+    assert len(store.query_spans(rollout_id=c.rollout.rollout_id)) == 600
+
+
 def test_bad_span_object_or_non_mapping_rejects_the_batch(store: Store) -> None:
     c = store.start_rollout("t")
     nan_span = Span(**span(c, "nan", 1, attributes={"x": float("inf")}))
