@@ -592,7 +592,7 @@ def test_bad_span_rejects_the_whole_batch(store: Store, case: str) -> None:
 
 
 def test_a_large_batch_goes_in_whole_or_not_at_all(store: Store) -> None:
-    # SQLite writes a batch as several multi-row INSERTs (256 rows each): the batch must still be
+    # SQLite writes a batch as multi-row INSERTs of 64 rows and the rest row by row: the batch must be
     # one transaction, with every row and value in place, and a duplicate in a later chunk
     # must leave nothing of the earlier chunks behind.
     c = store.start_rollout("t")
