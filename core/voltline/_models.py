@@ -328,7 +328,7 @@ class EncodedSpan(Mapping[str, Any]):
         if data is not None and b"null" not in data and len(data) <= MAX_ATTRIBUTES_BYTES:
             attributes_json, coerced = data.decode(), False
         else:
-            attributes_json, coerced = _encode_attributes(attributes)
+            attributes_json, coerced = _encode_attributes(attributes, data)
         last = _last_resources  # every span of a rollout carries the same resources dict
         if resources is last[0] and resources == last[1]:
             resources_json = last[2]
@@ -392,12 +392,15 @@ def _encode_resources(resources: Any) -> str:
     return encoded
 
 
-def _encode_attributes(attributes: dict[str, Any]) -> tuple[str, bool]:
-    """Attributes as JSON text, and whether values that are not JSON had to be coerced."""
-    try:
-        return dump_json(attributes, "attributes", MAX_ATTRIBUTES_BYTES), False
-    except ValueError:  # not JSON, or too large (which coercing will not change: it raises again)
-        return dump_json(_jsonable(attributes), "attributes", MAX_ATTRIBUTES_BYTES), True
+def _encode_attributes(attributes: dict[str, Any], data: bytes | None) -> tuple[str, bool]:
+    """Attributes as JSON text, and whether values that are not JSON had to be coerced.
+
+    `data` is orjson's output for them (None if orjson refused them), not encoded again here.
+    """
+    if data is not None and len(data) <= MAX_ATTRIBUTES_BYTES and not _has_non_finite(attributes):
+        return data.decode(), False  # the "null" in it was a None, not a NaN
+    # Not JSON, or too large (which coercing will not change: dump_json raises again).
+    return dump_json(_jsonable(attributes), "attributes", MAX_ATTRIBUTES_BYTES), True
 
 
 def _jsonable(value: Any) -> Any:
