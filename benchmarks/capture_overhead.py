@@ -1,14 +1,16 @@
 """Capture overhead on a LangChain agent: uninstrumented, Voltline, and OpenInference.
 
-    .venv/bin/python benchmarks/capture_overhead.py                 # defaults: 7 rounds x 200 runs
+    .venv/bin/python benchmarks/capture_overhead.py                 # defaults: 15 rounds x 100 runs
     .venv/bin/python benchmarks/capture_overhead.py --rounds 3 --runs 50
 
 One process. The agent is a real LangGraph agent (`langchain.agents.create_agent`, two tools,
 three model turns, so 11 LangChain runs per agent run) over the scripted chat model, so the
 numbers are the framework's own cost plus capture's, with no model time to hide behind:
 the worst case for an overhead ratio. Each round times `--runs` agent runs in every mode,
-modes interleaved so that machine noise hits them alike; the table shows each mode's median
-round.
+modes interleaved (order rotated) so that machine noise hits them alike. A mode's ratio to
+uninstrumented is the median over rounds of that round's ratio: the runs compared are seconds
+apart, so the slow drifts of a shared machine cancel out of each ratio, and an outlier round
+moves the median little.
 
 * **uninstrumented**: LangChain and LangGraph alone.
 * **voltline**: `voltline.instrument()` (the voltline-langchain plugin), runs inside one
@@ -134,10 +136,15 @@ def run_voltline(agent: Any, runs: int, store: voltline.Store) -> tuple[float, f
     return elapsed, flushed, spans
 
 
+def paired_ratio(mode: list[float], base: list[float]) -> float:
+    """The median over rounds of mode / base within the round."""
+    return statistics.median(m / b for m, b in zip(mode, base, strict=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--runs", type=int, default=200, help="agent runs per mode per round")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--runs", type=int, default=100, help="agent runs per mode per round")
     parser.add_argument("--processor", choices=["simple", "batch"], default="simple")
     args = parser.parse_args()
 
@@ -183,14 +190,14 @@ def main() -> None:
     )
     print()
     print("| mode | ms per agent run (median round) | fastest..slowest round | wall vs uninstrumented "
-          "| CPU ms per run | CPU vs uninstrumented | spans per run |")  # fmt: skip
+          "(median round ratio) | CPU ms per run | CPU vs uninstrumented | spans per run |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     ratio, cpu_ratio = {}, {}
     for name, t in times.items():
         ms = [x / args.runs * 1e3 for x in t]
         cpu_ms = statistics.median(cpu[name]) / args.runs * 1e3
-        ratio[name] = statistics.median(t) / statistics.median(times["uninstrumented"])
-        cpu_ratio[name] = statistics.median(cpu[name]) / statistics.median(cpu["uninstrumented"])
+        ratio[name] = paired_ratio(t, times["uninstrumented"])
+        cpu_ratio[name] = paired_ratio(cpu[name], cpu["uninstrumented"])
         spans = counts.get(name)
         print(
             f"| {name} | {statistics.median(ms):.2f} | {min(ms):.2f}..{max(ms):.2f} | {ratio[name]:.3f}x "

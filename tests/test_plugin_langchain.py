@@ -762,7 +762,11 @@ def test_converted_messages_follow_in_place_changes() -> None:
     first = _convert.message_dict(message)
     assert _convert.message_dict(message) is first  # converted once, reused on later turns
     message.name = "calc"  # what create_agent does to the model's reply after the call
-    assert _convert.message_dict(message)["name"] == "calc"
+    renamed = _convert.message_dict(message)
+    assert renamed == {**first, "name": "calc"} == _convert._message_dict(message)
+    assert _convert.message_dict(message) is renamed
+    message.name = None
+    assert _convert.message_dict(message) == first
     message.content = "changed"
     assert _convert.message_dict(message)["content"] == "changed"
     assert first == {
@@ -814,3 +818,67 @@ def test_other_graphs_become_agent_spans_through_lc_agent_name_metadata(
         "      llm chat scripted-model [react]",
         "    chain should_continue [react]",
     ]
+
+
+# ended spans are handed over in batches ---------------------------------------------------
+def test_an_agent_runs_spans_are_all_handed_over_when_it_returns(
+    instrumented: None, store: voltline.Store
+) -> None:
+    with voltline.rollout({"q": "batch"}, store=store):
+        before = stats()["emitted"]
+        calc_agent().invoke(QUESTION)
+        assert stats()["emitted"] - before == len(CALC_TREE)  # no flush needed: the agent run ended
+
+
+def test_a_flush_inside_an_agent_run_includes_the_spans_held_back(
+    instrumented: None, store: voltline.Store
+) -> None:
+    seen: list[list[str]] = []
+
+    @tool
+    def peek(a: int, b: int) -> int:
+        """Add two integers, after looking at what the store holds."""
+        assert voltline.flush()
+        seen.append([s.name for s in store.query_spans(rollout_id=voltline.current_rollout().rollout_id)])
+        return a + b
+
+    script = [reply(tool_calls=[("peek", {"a": 1, "b": 2}, "c1")]), reply("3")]
+    with voltline.rollout({"q": "flush"}, store=store) as r:
+        calc_agent(script=script, tools=[peek]).invoke(QUESTION)
+    # The first model call and its node had ended when the tool ran; the agent span had not.
+    assert seen == [["chat scripted-model", "model"]]
+    assert len(spans_of(store, r.rollout_id)) == 7  # agent, 2 x (model, llm), tools, tool
+
+
+def test_spans_are_not_held_back_longer_than_the_bound(
+    instrumented: None, store: voltline.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from voltline_langchain import handler as lc_handler
+
+    monkeypatch.setattr(lc_handler, "PENDING_SECONDS", 0.0)
+    emitted_in_tool: list[int] = []
+
+    @tool
+    def count(a: int, b: int) -> int:
+        """Add two integers, noting how many spans were handed over so far."""
+        emitted_in_tool.append(stats()["emitted"] - before)
+        return a + b
+
+    script = [reply(tool_calls=[("count", {"a": 1, "b": 2}, "c1")]), reply("3")]
+    with voltline.rollout({"q": "bound"}, store=store):
+        before = stats()["emitted"]
+        calc_agent(script=script, tools=[count]).invoke(QUESTION)
+    # The model call and its node had ended before the tool started, which handed them over.
+    assert emitted_in_tool == [2]
+
+
+def test_a_forked_child_does_not_hand_over_its_parents_held_back_spans() -> None:
+    handler = VoltlineCallbackHandler()
+    handler._pending.append(("not a span", None, None, "ok", 0.0))
+    pid = os.fork()
+    if pid == 0:  # the child: exit status says whether the parent's entry was dropped
+        os._exit(0 if not handler._pending else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(handler._pending) == 1
+    handler._pending.clear()

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._errors import InvalidInput
@@ -44,6 +44,9 @@ class Emitter:
         self.max_buffer = max_buffer
         self.batch_size = batch_size
         self.interval = interval
+        # Capture code that holds ended spans back to hand them over in batches (the LangChain
+        # handler does, per agent run) registers here, so that every flush includes them.
+        self._flush_hooks: list[Callable[[], None]] = []
         self._init_state()
         atexit.register(self._at_exit)
         os.register_at_fork(after_in_child=self._init_state)
@@ -111,9 +114,23 @@ class Emitter:
         (exceptions inside capture code) and outside_rollout (emits with no rollout)."""
         return {**self._counts, "buffered": len(self._buffer)}
 
+    def add_flush_hook(self, hook: Callable[[], None]) -> None:
+        """Call `hook` at the start of every `flush()` (and at exit): capture code that holds
+        ended spans back, to submit them in batches, submits them there. Never raises out."""
+        self._flush_hooks.append(hook)
+
+    def _run_flush_hooks(self) -> None:
+        for hook in self._flush_hooks:
+            try:
+                hook()
+            except Exception:
+                self.count("capture_errors")
+                log.exception("voltline: flush hook %r failed", hook)
+
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every span emitted before this call is durable in its store (or given
         up on and counted). Returns False if that did not happen within `timeout` seconds."""
+        self._run_flush_hooks()
         target = self._counts["emitted"]
         if self._processed >= target:
             return True
@@ -139,6 +156,7 @@ class Emitter:
                 self._thread.start()
 
     def _at_exit(self) -> None:
+        self._run_flush_hooks()
         if self._counts["emitted"] > self._processed and not self.flush(timeout=30):
             log.error(
                 "voltline: exiting with %d spans not written", self._counts["emitted"] - self._processed

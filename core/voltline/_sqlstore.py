@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -76,10 +77,15 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}-{random_hex(10)}"
 
 
-_ROWS_PER_INSERT = 64  # rows per multi-row INSERT of spans (64 x 13 values: under any SQLite's 999 limit)
+# Rows per multi-row INSERT of spans, largest first: a batch goes in as a few statements of these
+# sizes, those over the connection's bound-variable limit left out (999 before SQLite 3.32). One
+# statement per size keeps each one prepared.
+_CHUNK_SIZES = (1024, 256, 64, 16, 4, 1)
 _ONE_SPAN = f"({', '.join('?' * len(SPAN_FIELDS))})"
-_INSERT_SPAN = f"INSERT INTO spans ({', '.join(SPAN_FIELDS)}) VALUES {_ONE_SPAN}"
-_INSERT_SPANS = f"{_INSERT_SPAN}{f', {_ONE_SPAN}' * (_ROWS_PER_INSERT - 1)}"
+_INSERT_SPANS = {
+    n: f"INSERT INTO spans ({', '.join(SPAN_FIELDS)}) VALUES {', '.join([_ONE_SPAN] * n)}"
+    for n in _CHUNK_SIZES
+}
 
 
 class SqlStore(Store):
@@ -606,18 +612,20 @@ class SqlStore(Store):
                 for row in rows:
                     copy.write_row(row)
             return
-        # Whole chunks of rows per INSERT rather than one statement step per row: sqlite3 releases
-        # and retakes the GIL around every step, each retake waiting behind the agent's threads,
-        # and binding a chunk takes fewer calls. About a quarter less CPU per span. One chunk size
-        # keeps the statement prepared; the rest of a batch goes in row by row.
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        # Few statements per batch rather than one step per row: sqlite3 releases and retakes the
+        # GIL around every step, and binding a chunk takes fewer calls than binding its rows.
+        driver = conn.connection.driver_connection
+        limit = driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # type: ignore[union-attr]
+        cursor = driver.cursor()  # type: ignore[union-attr]
         try:
-            whole = len(rows) - len(rows) % _ROWS_PER_INSERT
-            for start in range(0, whole, _ROWS_PER_INSERT):
-                chunk = rows[start : start + _ROWS_PER_INSERT]
-                cursor.execute(_INSERT_SPANS, list(chain.from_iterable(chunk)))
-            if whole < len(rows):
-                cursor.executemany(_INSERT_SPAN, rows[whole:])
+            start = 0
+            for size in _CHUNK_SIZES:
+                if size * len(SPAN_FIELDS) > limit:
+                    continue
+                statement = _INSERT_SPANS[size]
+                while len(rows) - start >= size:
+                    cursor.execute(statement, list(chain.from_iterable(rows[start : start + size])))
+                    start += size
         finally:
             cursor.close()
 

@@ -81,8 +81,16 @@ def message_dict(message: BaseMessage) -> dict[str, Any]:
     hit = _converted.get(id(message))
     if hit is not None and hit[0] is message:
         content, name, calls = hit[1]
-        if message.content is content and message.name == name and _tool_calls(message) is calls:
-            return hit[2]
+        if message.content is content and _tool_calls(message) is calls:
+            if message.name == name:
+                return hit[2]
+            # Only the name changed (create_agent names its AIMessage after the model call): the
+            # rest of the conversion, tool-call arguments as JSON text included, still holds.
+            out = {k: v for k, v in hit[2].items() if k != "name"}
+            if message.name:
+                out["name"] = message.name
+            _converted[id(message)] = (message, (content, message.name, calls), out)
+            return out
     out = _message_dict(message)
     if len(_converted) >= _CACHE_SIZE:
         # Drop the oldest quarter; dicts keep insertion order. Races between threads at worst

@@ -6,6 +6,12 @@ happens to run in, so nesting survives `ainvoke`, streaming and tools run on thr
 (the LangGraph async parent-link problem other tracers hit). A run LangChain marks hidden
 (`langsmith:hidden`) gets no span; its children attach to the nearest visible ancestor.
 
+Ended spans are handed to Voltline's emitter in batches: when the agent run (the top-level
+LangChain run) ends, when 64 are waiting, when the oldest has waited 0.2 s by the time another
+callback arrives, and on every `voltline.flush()` (so leaving a rollout includes them). Run one
+after another while the code is warm, a span's checks and encoding cost well under half of what
+they cost one at a time between LangGraph steps (`benchmarks/capture_overhead.py`).
+
 While a tool or retriever runs, its span is also Voltline's current span, so `voltline.emit_*`
 calls and other plugins' spans inside a tool nest under it. Chains and graph nodes are not made
 current: async LangGraph starts a node in the caller's task and ends it in another, so a
@@ -16,7 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -40,6 +50,8 @@ T = TypeVar("T")
 
 HIDDEN_TAG = "langsmith:hidden"
 CREATE_AGENT = "langchain_create_agent"  # metadata `ls_integration` of langchain.agents.create_agent
+PENDING_MAX = 64  # ended spans held back at most, and for at most PENDING_SECONDS (see the module notes)
+PENDING_SECONDS = 0.2
 
 
 @dataclass(slots=True)
@@ -80,6 +92,11 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         self._runs: dict[int, _Run] = {}  # by run_id.int
         self._reported: set[tuple[str, type]] = set()
         self._warned_outside = False
+        # Ended spans not yet handed to the emitter: (handle, error, attributes, status, end time).
+        # A deque: threads append and pop at once without losing an entry.
+        self._pending: deque[tuple[Any, ...]] = deque()
+        self._pending_since = 0.0
+        _track(self)
 
     # bookkeeping -------------------------------------------------------------------------
     def _failed(self, where: str, exc: Exception) -> None:
@@ -117,6 +134,9 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         *,
         make_current: bool = False,
     ) -> _Run:
+        now = time.time()
+        if self._pending and now - self._pending_since >= PENDING_SECONDS:
+            self.submit_pending()  # a long step is under way: what ended before it goes now
         # Runs are keyed by the UUID's int: hashing a UUID is a Python-level call, its int is not.
         parent = self._runs.get(parent_run_id.int) if parent_run_id is not None else None
         key = run_id.int
@@ -152,7 +172,7 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
             rollout = parent_handle.rollout or _context._rollout.get()
         handle = voltline.SpanHandle(
             new_span_id(), name, kind, attributes, parent_id, agent if kind == "agent" else inherited_agent,
-            time.time(), rollout,
+            now, rollout,
         )  # fmt: skip
         run = _Run(handle, True, agent or parent_agent)
         if make_current:
@@ -180,18 +200,39 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         status: str = "ok",
     ) -> _Run | None:
         run = self._runs.pop(run_id.int, None)
-        if not self._runs:
+        idle = not self._runs
+        if idle:
             # Nothing in flight: the converted-message cache would only keep this agent run's
             # messages alive into the next, where they age into the old GC generations and make
             # full collections more frequent. Each run converts its own messages afresh.
             _convert.forget()
         if run is None or run.handle is None or not run.own:
+            if idle and self._pending:
+                self.submit_pending()
             return None
         # Only undo what this run did in this context; an end arriving elsewhere leaves it be.
         if _context._current.get() is run.handle:
             _context._current.set(run.previous)
-        run.handle.end(error=error, attributes=attributes, status=status)
+        now = time.time()
+        pending = self._pending
+        if not pending:
+            self._pending_since = now
+        pending.append((run.handle, error, attributes, status, now))
+        if idle or len(pending) >= PENDING_MAX or now - self._pending_since >= PENDING_SECONDS:
+            self.submit_pending()
         return run
+
+    def submit_pending(self) -> None:
+        """Hand every ended span held back so far to the emitter, in the order they ended.
+
+        Called when the agent run ends, on every `voltline.flush()`, and at exit. Never raises."""
+        pending = self._pending
+        while pending:
+            try:
+                handle, error, attributes, status, end_time = pending.popleft()
+            except IndexError:  # another thread took the last one
+                return
+            handle.end(error=error, attributes=attributes, status=status, end_time=end_time)
 
     def _outside(self, name: str) -> None:
         (self._emitter or get_emitter()).count("outside_rollout")
@@ -444,6 +485,35 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
             self._end(run_id, error=error)
         except Exception as exc:  # never into the agent
             self._failed("on_retriever_error", exc)
+
+
+_handlers: weakref.WeakSet[VoltlineCallbackHandler] = weakref.WeakSet()
+_handlers_lock = threading.Lock()
+_hooked = False
+
+
+def _track(handler: VoltlineCallbackHandler) -> None:
+    """Make every flush (and exit) include the spans `handler` holds back."""
+    global _hooked
+    with _handlers_lock:
+        if not _hooked:
+            get_emitter().add_flush_hook(_submit_all_pending)
+            _hooked = True
+        _handlers.add(handler)
+
+
+def _submit_all_pending() -> None:
+    for handler in list(_handlers):
+        handler.submit_pending()
+
+
+def _forget_pending() -> None:
+    # A forked child must not submit its parent's spans a second time.
+    for handler in list(_handlers):
+        handler._pending.clear()
+
+
+os.register_at_fork(after_in_child=_forget_pending)
 
 
 def _serialized_name(serialized: Mapping[str, Any] | None) -> str | None:
