@@ -61,7 +61,9 @@ class LangChainIntegration:
     def uninstall(self) -> None:
         from langchain_core.tracers import context
 
-        hook, self._hook, self.handler = self._hook, None, None
+        hook, handler, self._hook, self.handler = self._hook, self.handler, None, None
+        if handler is not None:
+            handler.submit_pending()  # spans already ended go to the store, not away with the handler
         if hook is None:
             return
         for i, entry in enumerate(context._configure_hooks):
