@@ -8,9 +8,9 @@ happens to run in, so nesting survives `ainvoke`, streaming and tools run on thr
 
 Ended spans are handed to Voltline's emitter in batches: when the agent run (the top-level
 LangChain run) ends, when 64 are waiting, when the oldest has waited 0.2 s by the time another
-callback arrives, and on every `voltline.flush()` (so leaving a rollout includes them). Run one
-after another while the code is warm, a span's checks and encoding cost well under half of what
-they cost one at a time between LangGraph steps (`benchmarks/capture_overhead.py`).
+callback arrives, and on every `voltline.flush()` (so leaving a rollout includes them). Ending
+them one after another, while that code is warm, rather than each alone between two LangGraph
+steps, takes about two points off the capture overhead (docs/benchmarks.md).
 
 While a tool or retriever runs, its span is also Voltline's current span, so `voltline.emit_*`
 calls and other plugins' spans inside a tool nest under it. Chains and graph nodes are not made
