@@ -7,7 +7,6 @@ PostgreSQL; the PostgreSQL runs use a fresh schema per test.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any
 
 import pytest
 from _sql import scalar
-from sqlalchemy import event as sa_event
 
 import voltline
 from voltline import (
@@ -31,7 +29,6 @@ from voltline import (
     StoreUnavailable,
 )
 from voltline._models import MAX_ATTRIBUTES_BYTES
-from voltline._sqlstore import SqlStore
 
 
 def span(claim: Claim, span_id: str, sequence: int | None = None, **fields: Any) -> dict[str, Any]:
@@ -595,10 +592,10 @@ def test_bad_span_rejects_the_whole_batch(store: Store, case: str) -> None:
 
 
 def test_a_large_batch_goes_in_whole_or_not_at_all(store: Store) -> None:
-    # SQLite writes a batch as multi-row INSERTs of 1024, 256, 64, 16, 4 and 1 rows: the batch must
-    # be one transaction, with every row and value in place, and a duplicate in a later chunk
-    # must leave nothing of the earlier chunks behind.
-    n = 1300  # 1024 + 256 + 16 + 4
+    # SQLite writes a batch as multi-row INSERTs of 64, 16, 4 and 1 rows: the batch must be one
+    # transaction, with every row and value in place, and a duplicate in a later chunk must
+    # leave nothing of the earlier chunks behind.
+    n = 1301  # 20 x 64 + 16 + 4 + 1
     c = store.start_rollout("t")
     times = [1_700_000_000.0 + i / 7 for i in range(n)]
     batch = [span(c, f"big-{i}", i, attributes={"i": i}, end_time=times[i]) for i in range(n)]
@@ -612,23 +609,6 @@ def test_a_large_batch_goes_in_whole_or_not_at_all(store: Store) -> None:
     with pytest.raises(InvalidInput, match=rf"spans\[{n - 1}\]\.span_id"):
         store.add_spans(again)
     assert len(store.query_spans(rollout_id=c.rollout.rollout_id)) == n
-
-
-def test_sqlite_span_inserts_keep_under_a_low_bound_variable_limit(tmp_path: Path) -> None:
-    # SQLite before 3.32 allows 999 bound variables per statement: no chunk may need more.
-    store = SqlStore(f"sqlite:///{tmp_path}/low.db")
-    store._engine.dispose()
-
-    @sa_event.listens_for(store._engine, "connect")
-    def low_limit(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
-
-    try:
-        c = store.start_rollout("t")
-        assert store.add_spans([span(c, f"s-{i}", i) for i in range(300)]) == 300
-        assert len(store.query_spans(rollout_id=c.rollout.rollout_id)) == 300
-    finally:
-        store.close()
 
 
 def test_bad_span_object_or_non_mapping_rejects_the_batch(store: Store) -> None:
