@@ -19,6 +19,7 @@ import pytest
 import voltline
 from voltline import Claim, Span, Store, StoreUnavailable
 from voltline._emitter import Emitter
+from voltline._models import EncodedSpan
 from voltline._sqlstore import SqlStore
 
 
@@ -376,6 +377,32 @@ def test_full_buffer_drops_counts_and_warns(store_url: str, caplog: pytest.LogCa
         assert emitter.flush(timeout=30) is True
         assert counters["written"] == 11
         assert emitter.stats()["dropped"] == 5
+        stored = blocked.query_spans(rollout_id=claim.rollout.rollout_id)
+        assert [s.span_id for s in stored] == [f"span-{i}" for i in range(11)]
+    finally:
+        blocked.release.set()
+        blocked.close()
+        atexit.unregister(emitter._at_exit)
+
+
+def test_batch_that_half_fits_queues_what_fits(store_url: str) -> None:
+    """`submit_many` (how held-back spans are handed over) fills the buffer to its bound and
+    drops only the rest, counted; the spans already queued are all written."""
+    blocked = BlockingStore(store_url)
+    try:
+        claim = blocked.start_rollout("task")
+        emitter = Emitter(max_buffer=10, batch_size=100, interval=0.01)
+        counters = Counters(emitter)
+        assert emitter.submit(blocked, raw_span(claim, 0)) is True
+        assert blocked.entered.wait(30), "the writer never called add_spans"
+        batch = [(blocked, EncodedSpan.encode(raw_span(claim, i))) for i in range(1, 8)]
+        assert emitter.submit_many(batch) == 7
+        batch = [(blocked, EncodedSpan.encode(raw_span(claim, i))) for i in range(8, 14)]
+        assert emitter.submit_many(batch) == 3  # room for 3 of 6
+        assert counters["dropped"] == 3
+        assert counters["emitted"] == 11
+        blocked.release.set()
+        assert emitter.flush(timeout=30) is True
         stored = blocked.query_spans(rollout_id=claim.rollout.rollout_id)
         assert [s.span_id for s in stored] == [f"span-{i}" for i in range(11)]
     finally:

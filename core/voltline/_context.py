@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
@@ -92,22 +92,7 @@ class SpanHandle:
         end_time: float | None = None,
     ) -> None:
         """Record the span (once; later calls do nothing). Never raises."""
-        if self.ended:
-            return
-        self.ended = True
-        try:
-            if attributes:
-                self.attributes.update(attributes)
-            if error is not None:
-                status = "error"
-                if isinstance(error, BaseException):
-                    self.attributes.setdefault("exception.type", type(error).__qualname__)
-                self.attributes.setdefault("exception.message", str(error))
-            # Positional: this runs once per captured span, and keyword calls cost more.
-            _submit(self.rollout, self.kind, self.name, self.attributes, self.start_time, end_time, status,
-                    self.span_id, self.parent_id, self.agent_name)  # fmt: skip
-        except Exception:
-            _capture_failed("SpanHandle.end")
+        end_spans(((self, error, attributes, status, end_time),))
 
 
 class _Current:
@@ -240,6 +225,55 @@ def _submit(
         return None
     emitter.submit(ctx.store, span)
     return span_id
+
+
+EndedSpan = tuple[SpanHandle, BaseException | str | None, Mapping[str, Any] | None, str, float | None]
+
+
+def end_spans(ended: Iterable[EndedSpan]) -> None:
+    """End many spans at once, each as `handle.end(error=, attributes=, status=, end_time=)` would.
+
+    Capture code that holds ended spans back (the LangChain handler, per agent run) hands them
+    over here: encoded one after another while that code is warm, queued with one emitter call.
+    Never raises; a span already ended is skipped."""
+    emitter = _emitter._emitter or get_emitter()
+    queued: list[tuple[Store, EncodedSpan]] = []
+    for handle, error, attributes, status, end_time in ended:
+        try:
+            if handle.ended:
+                continue
+            handle.ended = True
+            attrs = handle.attributes
+            if attributes:
+                attrs.update(attributes)
+            if error is not None:
+                status = "error"
+                if isinstance(error, BaseException):
+                    attrs.setdefault("exception.type", type(error).__qualname__)
+                attrs.setdefault("exception.message", str(error))
+            ctx = handle.rollout
+            if ctx is None:
+                _submit(None, handle.kind, handle.name, attrs)  # counted and warned there
+                continue
+            if end_time is None:
+                end_time = time.time()
+            try:
+                span = EncodedSpan.build(
+                    handle.span_id, ctx.rollout_id, ctx.attempt_id, handle.kind, handle.name,
+                    handle.start_time, handle.parent_id, next(ctx._sequence), handle.agent_name, end_time,
+                    status, attrs, ctx.resources,
+                )  # fmt: skip
+            except Exception as exc:
+                emitter.refuse(handle.name, exc)
+                continue
+            queued.append((ctx.store, span))
+        except Exception:
+            _capture_failed("SpanHandle.end")
+    if queued:
+        try:
+            emitter.submit_many(queued)
+        except Exception:
+            _capture_failed("SpanHandle.end")
 
 
 def _emit(kind: str, name: str, attributes: dict[str, Any], *, status: str = "ok",

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ._errors import InvalidInput
@@ -73,31 +73,40 @@ class Emitter:
             except Exception as exc:
                 self.refuse(_name(span), exc)
                 return False
-        if span.coerced:
-            self.count("coerced")
-            log.warning("voltline: span %r had non-JSON attribute values; stored them as text", span.row[6])
+        return self.submit_many(((store, span),)) == 1
+
+    def submit_many(self, spans: Sequence[tuple[Store, EncodedSpan]]) -> int:
+        """Queue encoded spans, each with its store, under one lock; returns how many were
+        queued (the rest found the buffer full and were dropped and counted). Never blocks."""
+        for _, span in spans:
+            if span.coerced:
+                self.count("coerced")
+                log.warning("voltline: span %r had non-JSON attribute values; stored them as text",
+                            span.row[6])  # fmt: skip
+        buffer = self._buffer
         with self._lock:
-            if len(self._buffer) >= self.max_buffer:
-                self._counts["dropped"] += 1
-                full = True
+            room = self.max_buffer - len(buffer)
+            if room >= len(spans):
+                buffer.extend(spans)
+                queued = len(spans)
             else:
-                self._buffer.append((store, span))
-                self._counts["emitted"] += 1
-                full = False
-        if full:
-            if not self._warned_drop:
-                self._warned_drop = True
-                log.warning(
-                    "voltline: span buffer full (%d spans); dropping new spans until the store "
-                    "catches up. See voltline.emitter_stats()['dropped'].",
-                    self.max_buffer,
-                )
-            return False
+                queued = max(room, 0)
+                buffer.extend(spans[:queued])
+                self._counts["dropped"] += len(spans) - queued
+            self._counts["emitted"] += queued
+        if queued < len(spans) and not self._warned_drop:
+            self._warned_drop = True
+            log.warning(
+                "voltline: span buffer full (%d spans); dropping new spans until the store "
+                "catches up. See voltline.emitter_stats()['dropped'].",
+                self.max_buffer,
+            )
         if self._thread is None:
-            self._start()
-        elif len(self._buffer) >= self.batch_size:
+            if queued:
+                self._start()
+        elif len(buffer) >= self.batch_size:
             self._wake.set()
-        return True
+        return queued
 
     def refuse(self, name: Any, error: Exception) -> None:
         """Count and log a span that could not be encoded (bad fields)."""

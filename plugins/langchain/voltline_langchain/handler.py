@@ -226,13 +226,14 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         """Hand every ended span held back so far to the emitter, in the order they ended.
 
         Called when the agent run ends, on every `voltline.flush()`, and at exit. Never raises."""
-        pending = self._pending
+        pending, taken = self._pending, []
         while pending:
             try:
-                handle, error, attributes, status, end_time = pending.popleft()
+                taken.append(pending.popleft())
             except IndexError:  # another thread took the last one
-                return
-            handle.end(error=error, attributes=attributes, status=status, end_time=end_time)
+                break
+        if taken:
+            _context.end_spans(taken)
 
     def _outside(self, name: str) -> None:
         (self._emitter or get_emitter()).count("outside_rollout")
