@@ -64,25 +64,17 @@ def forget() -> None:
     _converted.clear()
 
 
-def _tool_calls(message: BaseMessage) -> Any:
-    # Read from the instance dict: on a message without the field (human, tool, system),
-    # getattr goes through pydantic's __getattr__ and raises and catches an AttributeError,
-    # several times slower than the whole cache hit, on every history message of every turn.
-    return message.__dict__.get("tool_calls")
-
-
-def _fingerprint(message: BaseMessage) -> tuple[Any, ...]:
-    # The fields the converted form is made of (message.id is not one: LangGraph sets it later).
-    return (message.content, message.name, _tool_calls(message))
-
-
 def message_dict(message: BaseMessage) -> dict[str, Any]:
     """One LangChain message as an OpenAI chat message (shared: do not mutate the result)."""
+    # tool_calls is read from the instance dict: on a message without the field (human, tool,
+    # system), getattr goes through pydantic's __getattr__ and raises and catches an
+    # AttributeError, several times slower than the whole cache hit.
+    fields = message.__dict__
     hit = _converted.get(id(message))
     if hit is not None and hit[0] is message:
         content, name, calls = hit[1]
-        if message.content is content and _tool_calls(message) is calls:
-            if message.name == name:
+        if fields["content"] is content and fields.get("tool_calls") is calls:
+            if fields["name"] == name:
                 return hit[2]
             # Only the name changed (create_agent names its AIMessage after the model call): the
             # rest of the conversion, tool-call arguments as JSON text included, still holds.
@@ -97,7 +89,8 @@ def message_dict(message: BaseMessage) -> dict[str, Any]:
         # drop a few extra entries, which only costs a conversion.
         for key in list(_converted)[: _CACHE_SIZE // 4]:
             _converted.pop(key, None)
-    _converted[id(message)] = (message, _fingerprint(message), out)
+    # The fields the converted form is made of (message.id is not one: LangGraph sets it later).
+    _converted[id(message)] = (message, (fields["content"], fields["name"], fields.get("tool_calls")), out)
     return out
 
 
