@@ -95,21 +95,25 @@ def message_dict(message: BaseMessage) -> dict[str, Any]:
 
 
 def _message_dict(message: BaseMessage) -> dict[str, Any]:
-    role = _ROLES.get(message.type) or getattr(message, "role", None) or message.type
-    out: dict[str, Any] = {"role": role, "content": plain(message.content)}
-    if isinstance(message, AIMessage) and message.tool_calls:
+    # Pydantic keeps a message's fields in its instance dict, where a subscript finds them
+    # quicker than attribute access does (this runs for every new message of every turn).
+    fields = message.__dict__
+    role = _ROLES.get(fields["type"]) or fields.get("role") or fields["type"]
+    out: dict[str, Any] = {"role": role, "content": plain(fields["content"])}
+    calls = fields.get("tool_calls")
+    if calls and isinstance(message, AIMessage):
         out["tool_calls"] = [
             {
                 "id": call.get("id"),
                 "type": "function",
                 "function": {"name": call["name"], "arguments": json.dumps(plain(call.get("args", {})))},
             }
-            for call in message.tool_calls
+            for call in calls
         ]
-    if isinstance(message, ToolMessage):
-        out["tool_call_id"] = message.tool_call_id
-    if message.name:
-        out["name"] = message.name
+    if "tool_call_id" in fields and isinstance(message, ToolMessage):
+        out["tool_call_id"] = fields["tool_call_id"]
+    if fields["name"]:
+        out["name"] = fields["name"]
     return out
 
 
@@ -117,42 +121,48 @@ def messages(items: Sequence[Any]) -> list[Any]:
     return [message_dict(m) if isinstance(m, BaseMessage) else plain(m) for m in items]
 
 
-def _usage(message: BaseMessage | None, llm_output: Mapping[str, Any]) -> dict[str, Any]:
-    usage = getattr(message, "usage_metadata", None)
+def _usage(out: dict[str, Any], message: BaseMessage | None, llm_output: Mapping[str, Any]) -> None:
+    usage = message.__dict__.get("usage_metadata") if message is not None else None
     if usage:
-        out = {
-            "gen_ai.usage.input_tokens": usage.get("input_tokens"),
-            "gen_ai.usage.output_tokens": usage.get("output_tokens"),
-        }
-        cache_read = (usage.get("input_token_details") or {}).get("cache_read")
-        reasoning = (usage.get("output_token_details") or {}).get("reasoning")
-        if cache_read is not None:
-            out["gen_ai.usage.cache_read.input_tokens"] = cache_read
-        if reasoning is not None:
-            out["gen_ai.usage.reasoning.output_tokens"] = reasoning
-        return out
+        value = usage.get("input_tokens")
+        if value is not None:
+            out["gen_ai.usage.input_tokens"] = value
+        value = usage.get("output_tokens")
+        if value is not None:
+            out["gen_ai.usage.output_tokens"] = value
+        details = usage.get("input_token_details")
+        if details and details.get("cache_read") is not None:
+            out["gen_ai.usage.cache_read.input_tokens"] = details["cache_read"]
+        details = usage.get("output_token_details")
+        if details and details.get("reasoning") is not None:
+            out["gen_ai.usage.reasoning.output_tokens"] = details["reasoning"]
+        return
     # Older integrations and plain LLMs report usage only in llm_output, OpenAI style.
     tokens = llm_output.get("token_usage") or llm_output.get("usage") or {}
-    return {
-        "gen_ai.usage.input_tokens": tokens.get("prompt_tokens", tokens.get("input_tokens")),
-        "gen_ai.usage.output_tokens": tokens.get("completion_tokens", tokens.get("output_tokens")),
-    }
+    value = tokens.get("prompt_tokens", tokens.get("input_tokens"))
+    if value is not None:
+        out["gen_ai.usage.input_tokens"] = value
+    value = tokens.get("completion_tokens", tokens.get("output_tokens"))
+    if value is not None:
+        out["gen_ai.usage.output_tokens"] = value
 
 
 def llm_result_attributes(response: LLMResult) -> dict[str, Any]:
     """Output messages, finish reasons, usage, response id and model of one model call."""
-    generations = response.generations[0] if response.generations else []
-    llm_output = response.llm_output or {}
+    result = response.__dict__
+    generations = result["generations"][0] if result["generations"] else []
+    llm_output = result["llm_output"] or {}
     outputs: list[Any] = []
     reasons: list[str] = []
     first: BaseMessage | None = None
     for generation in generations:
-        info = generation.generation_info or {}
+        info = generation.__dict__.get("generation_info") or {}
         if isinstance(generation, ChatGeneration):
-            message = generation.message
-            first = first or message
+            message = generation.__dict__["message"]
+            if first is None:
+                first = message
             entry = dict(message_dict(message))  # a copy: finish_reason is added below
-            reason = message.response_metadata.get("finish_reason") or info.get("finish_reason")
+            reason = message.__dict__["response_metadata"].get("finish_reason") or info.get("finish_reason")
         else:  # a completion model: text only
             entry = {"role": "assistant", "content": generation.text}
             reason = info.get("finish_reason")
@@ -160,23 +170,29 @@ def llm_result_attributes(response: LLMResult) -> dict[str, Any]:
             entry["finish_reason"] = reason
             reasons.append(str(reason))
         outputs.append(entry)
-    metadata = first.response_metadata if first is not None else {}
+    metadata = first.__dict__["response_metadata"] if first is not None else {}
     response_id = metadata.get("id") or llm_output.get("id")
-    headers = metadata.get("headers")
-    if response_id is None and isinstance(headers, dict):
-        # Streamed ChatOpenAI messages carry no completion id; the Voltline proxy repeats it in
-        # this header, which ChatOpenAI keeps with include_response_headers=True.
-        response_id = headers.get("x-voltline-completion-id")
-    if response_id is None and first is not None and first.id and not first.id.startswith("lc_"):
-        response_id = first.id  # streamed provider messages carry the completion id here
-    attrs = {
-        "gen_ai.output.messages": outputs,
-        "gen_ai.response.finish_reasons": reasons or None,
-        "gen_ai.response.id": response_id,
-        "gen_ai.response.model": metadata.get("model_name") or llm_output.get("model_name"),
-        **_usage(first, llm_output),
-    }
-    return {k: v for k, v in attrs.items() if v is not None}
+    if response_id is None:
+        headers = metadata.get("headers")
+        if isinstance(headers, dict):
+            # Streamed ChatOpenAI messages carry no completion id; the Voltline proxy repeats it
+            # in this header, which ChatOpenAI keeps with include_response_headers=True.
+            response_id = headers.get("x-voltline-completion-id")
+    if response_id is None and first is not None:
+        message_id = first.__dict__["id"]
+        if message_id and not message_id.startswith("lc_"):
+            response_id = message_id  # streamed provider messages carry the completion id here
+    # Built in the recorded key order, skipping absent values.
+    attrs: dict[str, Any] = {"gen_ai.output.messages": outputs}
+    if reasons:
+        attrs["gen_ai.response.finish_reasons"] = reasons
+    if response_id is not None:
+        attrs["gen_ai.response.id"] = response_id
+    model = metadata.get("model_name") or llm_output.get("model_name")
+    if model is not None:
+        attrs["gen_ai.response.model"] = model
+    _usage(attrs, first, llm_output)
+    return attrs
 
 
 def tool_result(output: Any) -> tuple[Any, bool]:
