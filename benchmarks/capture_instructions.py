@@ -78,9 +78,10 @@ def child(mode: str, runs: int) -> None:
         bench.time_runs(agent, runs)
         return
 
+    from voltline_langchain import handler as handler_module
+
     import voltline
     from voltline._emitter import get_emitter
-    from voltline_langchain import handler as handler_module
 
     emitter = get_emitter()
     emitter.interval = 10_000  # write only when flushed: see the module docstring

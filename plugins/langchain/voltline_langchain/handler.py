@@ -28,7 +28,6 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -54,13 +53,27 @@ PENDING_MAX = 64  # ended spans held back at most, and for at most PENDING_SECON
 PENDING_SECONDS = 0.2
 
 
-@dataclass(slots=True)
-class _Run:
-    handle: voltline.SpanHandle | None  # None: outside any rollout, nothing is recorded
-    own: bool  # False for a hidden run standing in for its ancestor's span
-    agent: str | None  # the LangChain agent (lc_agent_name) this run belongs to
-    previous: Any = None  # Voltline's current span before this run made itself current
-    first_token: bool = True
+class _Run(voltline.SpanHandle):
+    """A LangChain run's own span, and what the handler tracks about the run besides.
+
+    One object per run (the span handle itself) rather than a record holding a handle: this
+    is built for every LangChain run of every agent run."""
+
+    __slots__ = ("lc_agent", "previous")
+    lc_agent: str | None  # the LangChain agent (lc_agent_name) this run belongs to
+    previous: Any  # Voltline's current span before this run made itself current (tools, retrievers)
+
+
+class _Hidden:
+    """A hidden run: it has no span of its own; its children attach to `run`."""
+
+    __slots__ = ("run",)
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+
+
+_OUTSIDE: Any = object()  # a run outside any rollout (and so are its children): nothing recorded
 
 
 class VoltlineCallbackHandler(BaseCallbackHandler):
@@ -89,7 +102,7 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
     def __init__(self, emitter: Any = None) -> None:
         super().__init__()
         self._emitter = emitter
-        self._runs: dict[int, _Run] = {}  # by run_id.int
+        self._runs: dict[int, _Run | _Hidden | Any] = {}  # by run_id.int; _OUTSIDE too
         self._reported: set[tuple[str, type]] = set()
         self._warned_outside = False
         # Ended spans not yet handed to the emitter: (handle, error, attributes, status, end time).
@@ -131,96 +144,90 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         attributes: dict[str, Any],
         tags: Sequence[str] | None,
         metadata: Mapping[str, Any] | None,
-        *,
         make_current: bool = False,
-    ) -> _Run:
+    ) -> _Run | None:
+        """Open the run's span; None for a run that gets none (hidden, or outside a rollout)."""
         now = time.time()
         if self._pending and now - self._pending_since >= PENDING_SECONDS:
             self.submit_pending()  # a long step is under way: what ended before it goes now
+        runs = self._runs
         # Runs are keyed by the UUID's int: hashing a UUID is a Python-level call, its int is not.
-        parent = self._runs.get(parent_run_id.int) if parent_run_id is not None else None
-        key = run_id.int
-        metadata = metadata or {}
-        agent = metadata.get("lc_agent_name")
+        parent = runs.get(parent_run_id.int) if parent_run_id is not None else None
+        agent = metadata.get("lc_agent_name") if metadata else None
         if parent is not None:
-            if parent.handle is None:  # the whole tree is outside a rollout
-                run = self._runs[key] = _Run(None, False, agent)
-                return run
-            if tags and HIDDEN_TAG in tags and kind == "chain":
-                run = self._runs[key] = _Run(parent.handle, False, parent.agent)
-                return run
-            parent_handle: voltline.SpanHandle | None = parent.handle
-            parent_agent = parent.agent
+            if parent is _OUTSIDE:  # the whole tree is outside a rollout
+                runs[run_id.int] = _OUTSIDE
+                return None
+            if type(parent) is _Hidden:
+                parent = parent.run
+            if tags and kind == "chain" and HIDDEN_TAG in tags:
+                runs[run_id.int] = _Hidden(parent)
+                return None
+            parent_agent = parent.lc_agent
+            # create_agent stamps its graph's runs with lc_agent_name (when named): the first run
+            # carrying a new agent name is the agent's own invocation.
+            starts_agent = kind == "chain" and agent is not None and agent != parent_agent
+            parent_id, inherited_agent = parent.span_id, parent.agent_name
+            rollout = parent.rollout or _context._rollout.get()
         else:
-            parent_handle = _context._current.get()
-            if parent_handle is None and _context._rollout.get() is None:
+            current = _context._current.get()
+            rollout = (current.rollout if current is not None else None) or _context._rollout.get()
+            if rollout is None:
                 self._outside(name)
-                run = self._runs[key] = _Run(None, False, agent)
-                return run
+                runs[run_id.int] = _OUTSIDE
+                return None
             parent_agent = None
-        if kind == "chain" and self._starts_agent(metadata, agent, parent_agent, parent):
+            # At the top, an unnamed create_agent graph is an agent too (ls_integration says so).
+            starts_agent = kind == "chain" and (
+                agent is not None or (metadata is not None and metadata.get("ls_integration") == CREATE_AGENT)
+            )
+            if current is None:
+                parent_id = inherited_agent = None
+            else:
+                parent_id, inherited_agent = current.span_id, current.agent_name
+        if starts_agent:
             kind = "agent"
             agent = agent or name
             attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent, **attributes}
             name = f"invoke_agent {agent}"
-        # `voltline.start_span` minus what this handler never needs (the attributes are a fresh
-        # dict, the parent a handle or None), on the hot path of every run.
-        if parent_handle is None:
-            parent_id, inherited_agent, rollout = None, None, _context._rollout.get()
-        else:
-            parent_id, inherited_agent = parent_handle.span_id, parent_handle.agent_name
-            rollout = parent_handle.rollout or _context._rollout.get()
-        handle = voltline.SpanHandle(
-            new_span_id(), name, kind, attributes, parent_id, agent if kind == "agent" else inherited_agent,
-            now, rollout,
-        )  # fmt: skip
-        run = _Run(handle, True, agent or parent_agent)
+            inherited_agent = agent
+        run = _Run(new_span_id(), name, kind, attributes, parent_id, inherited_agent, now, rollout)
+        run.lc_agent = agent or parent_agent
         if make_current:
             run.previous = _context._current.get()
-            _context._current.set(handle)
-        self._runs[key] = run
+            _context._current.set(run)
+        runs[run_id.int] = run
         return run
-
-    @staticmethod
-    def _starts_agent(
-        metadata: Mapping[str, Any], agent: str | None, parent_agent: str | None, parent: _Run | None
-    ) -> bool:
-        # create_agent stamps its graph's runs with lc_agent_name (when named) and ls_integration;
-        # the first run carrying a new agent name is the agent's own invocation.
-        if agent is not None:
-            return agent != parent_agent or parent is None
-        return metadata.get("ls_integration") == CREATE_AGENT and parent is None
 
     def _end(
         self,
         run_id: UUID,
-        *,
         error: BaseException | None = None,
         attributes: Mapping[str, Any] | None = None,
         status: str = "ok",
-    ) -> _Run | None:
-        run = self._runs.pop(run_id.int, None)
-        idle = not self._runs
+    ) -> None:
+        runs = self._runs
+        run = runs.pop(run_id.int, None)
+        idle = not runs
         if idle:
             # Nothing in flight: the converted-message cache would only keep this agent run's
             # messages alive into the next, where they age into the old GC generations and make
             # full collections more frequent. Each run converts its own messages afresh.
             _convert.forget()
-        if run is None or run.handle is None or not run.own:
+        if type(run) is not _Run:  # hidden, outside a rollout, or never started here
             if idle and self._pending:
                 self.submit_pending()
-            return None
+            return
         # Only undo what this run did in this context; an end arriving elsewhere leaves it be.
-        if _context._current.get() is run.handle:
+        if _context._current.get() is run:
             _context._current.set(run.previous)
         now = time.time()
         pending = self._pending
         if not pending:
             self._pending_since = now
-        pending.append((run.handle, error, attributes, status, now))
+        pending.append((run, error, attributes, status, now))
         if idle or len(pending) >= PENDING_MAX or now - self._pending_since >= PENDING_SECONDS:
             self.submit_pending()
-        return run
 
     def submit_pending(self) -> None:
         """Hand every ended span held back so far to the emitter, in the order they ended.
@@ -266,8 +273,9 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
             run = self._start(run_id, parent_run_id, name, "chain", attributes, tags, metadata)
             # Inputs only on top-level runs: a LangGraph node's input is the whole growing state,
             # and the LLM spans below already hold every message.
-            if run.own and run.handle is not None and (parent_run_id is None or run.handle.kind == "agent"):
-                run.handle.attributes["input"] = _convert.plain(inputs)
+            if run is not None and (parent_run_id is None or run.kind == "agent"):
+                attributes = run.attributes
+                attributes["input"] = _convert.plain(inputs)
         except Exception as exc:  # never into the agent
             self._failed("on_chain_start", exc)
 
@@ -277,12 +285,12 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         try:
             run = self._runs.get(run_id.int)
             extra = None
-            if run is not None and run.own and run.handle is not None and "input" in run.handle.attributes:
+            if type(run) is _Run and "input" in run.attributes:
                 try:
                     extra = {"output": _convert.plain(outputs)}
                 except Exception as exc:  # the span is still recorded, without its output
                     self._failed("on_chain_end", exc)
-            self._end(run_id, attributes=extra)
+            self._end(run_id, None, extra)
         except Exception as exc:  # never into the agent
             self._failed("on_chain_end", exc)
 
@@ -290,7 +298,7 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
     ) -> None:
         try:
-            self._end(run_id, error=error)
+            self._end(run_id, error)
         except Exception as exc:  # never into the agent
             self._failed("on_chain_error", exc)
 
@@ -307,9 +315,9 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         try:
-            attrs = _model_request(serialized, metadata, kwargs, operation="chat")
+            attrs = _model_request(serialized, metadata, kwargs, "chat")
             attrs["gen_ai.input.messages"] = _convert.messages(messages[0] if messages else [])
-            self._start_model(run_id, parent_run_id, attrs, tags, metadata)
+            self._start(run_id, parent_run_id, _model_span_name(attrs), "llm", attrs, tags, metadata)
         except Exception as exc:  # never into the agent
             self._failed("on_chat_model_start", exc)
 
@@ -325,55 +333,42 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         try:
-            attrs = _model_request(serialized, metadata, kwargs, operation="text_completion")
+            attrs = _model_request(serialized, metadata, kwargs, "text_completion")
             attrs["gen_ai.input.messages"] = [{"role": "user", "content": p} for p in prompts]
-            self._start_model(run_id, parent_run_id, attrs, tags, metadata)
+            self._start(run_id, parent_run_id, _model_span_name(attrs), "llm", attrs, tags, metadata)
         except Exception as exc:  # never into the agent
             self._failed("on_llm_start", exc)
-
-    def _start_model(
-        self,
-        run_id: UUID,
-        parent_run_id: UUID | None,
-        attrs: dict[str, Any],
-        tags: list[str] | None,
-        metadata: dict[str, Any] | None,
-    ) -> None:
-        name = f"{attrs['gen_ai.operation.name']} {attrs.get('gen_ai.request.model') or 'unknown'}"
-        self._start(run_id, parent_run_id, name, "llm", attrs, tags, metadata)
 
     def on_llm_new_token(self, token: str, *, run_id: UUID, **kwargs: Any) -> None:
         try:
             run = self._runs.get(run_id.int)
-            if run is not None and run.first_token and run.handle is not None:
-                run.first_token = False
-                attrs = run.handle.attributes
+            if type(run) is _Run and "gen_ai.response.time_to_first_chunk" not in run.attributes:
+                attrs = run.attributes
                 attrs["gen_ai.request.stream"] = True
-                attrs["gen_ai.response.time_to_first_chunk"] = time.time() - run.handle.start_time
+                attrs["gen_ai.response.time_to_first_chunk"] = time.time() - run.start_time
         except Exception as exc:  # never into the agent
             self._failed("on_llm_new_token", exc)
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         try:
             run = self._runs.get(run_id.int)
-            if run is None or run.handle is None:
-                self._runs.pop(run_id.int, None)
+            if type(run) is not _Run:
+                self._end(run_id)
                 return
             try:
                 attrs = _convert.llm_result_attributes(response)
             except Exception as exc:  # the span is still recorded, without the response
                 self._failed("on_llm_end", exc)
                 attrs = {}
-            handle = run.handle
-            if "gen_ai.request.model" not in handle.attributes and "gen_ai.response.model" in attrs:
-                handle.name = f"{handle.attributes['gen_ai.operation.name']} {attrs['gen_ai.response.model']}"
-            self._end(run_id, attributes=attrs)
+            if "gen_ai.request.model" not in run.attributes and "gen_ai.response.model" in attrs:
+                run.name = f"{run.attributes['gen_ai.operation.name']} {attrs['gen_ai.response.model']}"
+            self._end(run_id, None, attrs)
         except Exception as exc:  # never into the agent
             self._failed("on_llm_end", exc)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         try:
-            self._end(run_id, error=error, attributes={"error.type": type(error).__qualname__})
+            self._end(run_id, error, {"error.type": type(error).__qualname__})
         except Exception as exc:  # never into the agent
             self._failed("on_llm_error", exc)
 
@@ -428,13 +423,13 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
             attrs: dict[str, Any] = {} if converted is None else {"gen_ai.tool.call.result": result}
             if is_error:
                 attrs["error.message"] = result if isinstance(result, str) else repr(result)
-            self._end(run_id, attributes=attrs, status="error" if is_error else "ok")
+            self._end(run_id, None, attrs, "error" if is_error else "ok")
         except Exception as exc:  # never into the agent
             self._failed("on_tool_end", exc)
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         try:
-            self._end(run_id, error=error, attributes={"error.type": type(error).__qualname__})
+            self._end(run_id, error, {"error.type": type(error).__qualname__})
         except Exception as exc:  # never into the agent
             self._failed("on_tool_error", exc)
 
@@ -477,13 +472,13 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
                  "metadata": _convert.plain(getattr(d, "metadata", {}))}
                 for d in documents
             ])  # fmt: skip
-            self._end(run_id, attributes=None if docs is None else {"retrieval.documents": docs})
+            self._end(run_id, None, None if docs is None else {"retrieval.documents": docs})
         except Exception as exc:  # never into the agent
             self._failed("on_retriever_end", exc)
 
     def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         try:
-            self._end(run_id, error=error)
+            self._end(run_id, error)
         except Exception as exc:  # never into the agent
             self._failed("on_retriever_error", exc)
 
@@ -517,6 +512,10 @@ def _forget_pending() -> None:
 os.register_at_fork(after_in_child=_forget_pending)
 
 
+def _model_span_name(attrs: Mapping[str, Any]) -> str:
+    return f"{attrs['gen_ai.operation.name']} {attrs.get('gen_ai.request.model') or 'unknown'}"
+
+
 def _serialized_name(serialized: Mapping[str, Any] | None) -> str | None:
     if not serialized:
         return None
@@ -530,7 +529,6 @@ def _model_request(
     serialized: Mapping[str, Any] | None,
     metadata: Mapping[str, Any] | None,
     kwargs: Mapping[str, Any],
-    *,
     operation: str,
 ) -> dict[str, Any]:
     """Request attributes: LangChain's `ls_*` metadata first (every chat model sets it), then
