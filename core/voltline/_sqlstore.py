@@ -553,13 +553,6 @@ class SqlStore(Store):
                 if any(r[4] is None for r in rows):
                     rows = self._number_spans(conn, rows)
                 self._insert_spans(conn, rows)
-                attempt_ids = sorted({r[2] for r in rows})
-                # A span is a sign of life: it counts as a heartbeat of its attempt.
-                conn.execute(
-                    update(A)
-                    .where(A.c.attempt_id.in_(attempt_ids), A.c.status == _RUNNING)
-                    .values(last_heartbeat=time.time())
-                )
         except (sa_exc.IntegrityError, self._engine.dialect.loaded_dbapi.IntegrityError) as exc:
             # Spans go in through the driver's own cursor (COPY, executemany), so its
             # IntegrityError arrives unwrapped: both mean a span_id is already stored.
@@ -605,22 +598,31 @@ class SqlStore(Store):
         return numbered
 
     def _insert_spans(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-        if self.dialect == "postgresql":
-            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-            with cursor, cursor.copy(f"COPY spans ({', '.join(SPAN_FIELDS)}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-            return
-        # Few statements per batch rather than one step per row: sqlite3 releases and retakes the
-        # GIL around every step, and binding a chunk takes fewer calls than binding its rows.
+        """Insert the rows and count them as a heartbeat of their attempts, through the driver's
+        own cursor: SQLAlchemy's statement building and execution took as long as the inserts."""
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            start = 0
-            for size in _CHUNK_SIZES:
-                statement = _INSERT_SPANS[size]
-                while len(rows) - start >= size:
-                    cursor.execute(statement, list(chain.from_iterable(rows[start : start + size])))
-                    start += size
+            if self.dialect == "postgresql":
+                with cursor.copy(f"COPY spans ({', '.join(SPAN_FIELDS)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            else:
+                # Few statements per batch rather than one step per row: sqlite3 releases and retakes
+                # the GIL around every step, and binding a chunk takes fewer calls than its rows do.
+                start = 0
+                for size in _CHUNK_SIZES:
+                    statement = _INSERT_SPANS[size]
+                    while len(rows) - start >= size:
+                        cursor.execute(statement, list(chain.from_iterable(rows[start : start + size])))
+                        start += size
+            # A span is a sign of life. Sorted: concurrent writers lock attempt rows in one order.
+            attempt_ids = sorted({r[2] for r in rows})
+            mark = "?" if self.dialect == "sqlite" else "%s"
+            cursor.execute(
+                f"UPDATE attempts SET last_heartbeat = {mark} WHERE status = {mark} "
+                f"AND attempt_id IN ({', '.join([mark] * len(attempt_ids))})",
+                [time.time(), _RUNNING, *attempt_ids],
+            )
         finally:
             cursor.close()
 
