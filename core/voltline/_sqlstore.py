@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -178,8 +178,12 @@ class SqlStore(Store):
         return engine
 
     @contextmanager
-    def _tx(self, *, read: bool = False) -> Iterator[Connection]:
-        """A transaction; `read=True` for ones that only read (on SQLite they take no lock)."""
+    def _tx(self, *, read: bool = False, driver: bool = False) -> Iterator[Connection]:
+        """A transaction; `read=True` for ones that only read (on SQLite they take no lock).
+
+        `driver=True` (SQLite) begins and commits it on the driver's connection, for writes made
+        only through the driver's cursor: SQLAlchemy's begin and commit cost as much as
+        inserting a batch of spans."""
         if os.getpid() != self._pid:  # forked: never share the parent's sockets or file handles
             self._engine.dispose(close=False)
             self._pid = os.getpid()
@@ -192,8 +196,19 @@ class SqlStore(Store):
             ):
                 if read:
                     conn.execution_options(voltline_read=True)
-                with conn.begin():
-                    yield conn
+                if driver:
+                    raw = conn.connection.driver_connection
+                    raw.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+                    try:
+                        yield conn
+                    except BaseException:
+                        with suppress(Exception):  # the pool rolls back on return all the same
+                            raw.execute("ROLLBACK")  # type: ignore[union-attr]
+                        raise
+                    raw.execute("COMMIT")  # type: ignore[union-attr]
+                else:
+                    with conn.begin():
+                        yield conn
         except sa_exc.OperationalError as exc:
             raise StoreUnavailable(f"store at {redact_url(self.url)} failed: {exc.orig}") from exc
         except self._engine.dialect.loaded_dbapi.OperationalError as exc:  # raw cursor paths (spans)
@@ -548,9 +563,10 @@ class SqlStore(Store):
         rows = self._span_rows(spans)
         if not rows:
             return 0
+        numbered = all(r[4] is not None for r in rows)  # as every emitted span is
         try:
-            with self._tx() as conn:
-                if any(r[4] is None for r in rows):
+            with self._tx(driver=numbered and self.dialect == "sqlite") as conn:
+                if not numbered:
                     rows = self._number_spans(conn, rows)
                 self._insert_spans(conn, rows)
         except (sa_exc.IntegrityError, self._engine.dialect.loaded_dbapi.IntegrityError) as exc:
