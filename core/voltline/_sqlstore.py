@@ -568,9 +568,9 @@ class SqlStore(Store):
             with self._tx(driver=numbered and self.dialect == "sqlite") as conn:
                 if not numbered:
                     rows = self._number_spans(conn, rows)
-                self._insert_spans(conn, rows)
+                self._write_spans(conn, rows)
         except (sa_exc.IntegrityError, self._engine.dialect.loaded_dbapi.IntegrityError) as exc:
-            # Spans go in through the driver's own cursor (COPY, executemany), so its
+            # Spans go in through the driver's own cursor (COPY, multi-row INSERT), so its
             # IntegrityError arrives unwrapped: both mean a span_id is already stored.
             raise InvalidInput(self._integrity_message(rows, getattr(exc, "orig", exc))) from None
         return len(rows)
@@ -613,7 +613,7 @@ class SqlStore(Store):
             numbered.append(r)
         return numbered
 
-    def _insert_spans(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+    def _write_spans(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
         """Insert the rows and count them as a heartbeat of their attempts, through the driver's
         own cursor: SQLAlchemy's statement building and execution took as long as the inserts."""
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
