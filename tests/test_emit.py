@@ -346,9 +346,11 @@ class FlakyStore(SqlStore):
         super().__init__(url)
         self.failures = failures
         self.calls = 0
+        self.threads: list[str] = []  # the thread of each add_spans call
 
     def add_spans(self, spans: Iterable[Span | Mapping[str, Any]]) -> int:
         self.calls += 1
+        self.threads.append(threading.current_thread().name)
         if self.calls <= self.failures:
             raise StoreUnavailable("store at test is restarting")
         return super().add_spans(spans)
@@ -426,6 +428,49 @@ def test_store_that_recovers_gets_every_span(store_url: str, caplog: pytest.LogC
         assert stats["dropped"] == 0
         assert flaky.calls >= 3
         assert "retrying" in caplog.text
+        stored = flaky.query_spans(rollout_id=claim.rollout.rollout_id)
+        assert [s.span_id for s in stored] == [f"span-{i}" for i in range(20)]
+    finally:
+        flaky.close()
+        atexit.unregister(emitter._at_exit)
+
+
+def test_flush_writes_on_its_own_thread_when_the_writer_is_idle(store_url: str) -> None:
+    """Waking the writer and waiting for it costs two thread switches; an idle writer's work is
+    done by the flushing thread instead."""
+    recording = FlakyStore(store_url, failures=0)
+    try:
+        claim = recording.start_rollout("task")
+        emitter = Emitter(batch_size=100, interval=60)  # the writer thread sleeps through the test
+        for i in range(20):
+            assert emitter.submit(recording, raw_span(claim, i)) is True
+        assert emitter.flush(timeout=30) is True
+        assert recording.threads == [threading.current_thread().name]
+        assert emitter.stats()["written"] == 20
+        stored = recording.query_spans(rollout_id=claim.rollout.rollout_id)
+        assert [s.span_id for s in stored] == [f"span-{i}" for i in range(20)]
+    finally:
+        recording.close()
+        atexit.unregister(emitter._at_exit)
+
+
+def test_flush_hands_a_failed_write_back_to_the_writer(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The flushing thread tries once; the spans a store failed on go back, in order, to the
+    writer thread, which retries them: the flush still returns only once they are durable."""
+    flaky = FlakyStore(store_url, failures=1)
+    try:
+        claim = flaky.start_rollout("task")
+        emitter = Emitter(batch_size=100, interval=60)
+        with caplog.at_level(logging.WARNING, logger="voltline.emit"):
+            for i in range(20):
+                assert emitter.submit(flaky, raw_span(claim, i)) is True
+            assert emitter.flush(timeout=30) is True
+        assert flaky.threads == [threading.current_thread().name, "voltline-writer"]
+        assert "the writer thread retries it" in caplog.text
+        stats = emitter.stats()
+        assert (stats["written"], stats["write_errors"], stats["buffered"]) == (20, 0, 0)
         stored = flaky.query_spans(rollout_id=claim.rollout.rollout_id)
         assert [s.span_id for s in stored] == [f"span-{i}" for i in range(20)]
     finally:

@@ -2,7 +2,8 @@
 
 The emitting thread checks and encodes each span once (`EncodedSpan`: a row of plain values,
 attributes as JSON text) and appends it to a deque (no I/O, a lock held for ~100 ns). A daemon
-writer drains the buffer in batches and writes each batch to its store in one transaction.
+writer drains the buffer in batches and writes each batch to its store in one transaction
+(a `flush()` that finds the writer idle does that work on its own thread).
 Nothing is dropped silently: overflow, invalid spans and failed writes are counted, logged,
 and readable through `stats()`. Processor/exporter split as in the
 OpenTelemetry SDK: this module batches; the `Store` decides where data goes.
@@ -59,6 +60,9 @@ class Emitter:
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._processed = 0  # spans taken off the buffer and settled (written or given up on)
         self._settled = threading.Condition()
+        # Held by whoever takes batches off the buffer and writes them: the writer thread, or a
+        # flushing thread that found it idle.
+        self._writing = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned_drop = False
@@ -143,10 +147,20 @@ class Emitter:
         target = self._counts["emitted"]
         if self._processed >= target:
             return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # An idle writer's work is done here: waking it and waiting to be woken back costs two
+        # thread switches, about as long as writing an agent run's spans (docs/benchmarks.md).
+        # One try per batch; what a store refuses goes back to the writer, which retries it.
+        if self._writing.acquire(blocking=False):
+            try:
+                self._drain(retry=False, deadline=deadline)
+            finally:
+                self._writing.release()
+            if self._processed >= target:
+                return True
         if self._thread is None:
             self._start()
         self._wake.set()
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._settled:
             while self._processed < target:
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -179,29 +193,57 @@ class Emitter:
         while True:
             self._wake.wait(self.interval)
             self._wake.clear()
-            while self._buffer:
-                batch = []
-                while self._buffer and len(batch) < self.batch_size:
-                    batch.append(self._buffer.popleft())
-                try:
-                    self._write(batch)
-                except Exception:  # the writer must survive anything
-                    log.exception("voltline: span writer failed on a batch of %d", len(batch))
-                    self.count("write_errors", len(batch))
-                with self._settled:
-                    self._processed += len(batch)
-                    self._settled.notify_all()
+            with self._writing:
+                self._drain()
 
-    def _write(self, batch: list[tuple[Store, EncodedSpan]]) -> None:
+    def _drain(self, *, retry: bool = True, deadline: float | None = None) -> None:
+        """Write batches off the buffer until it is empty (the caller holds `_writing`).
+
+        Without `retry` (a flushing thread writing for the idle writer), a batch a store fails
+        on is put back at the front of the buffer for the writer, and draining stops; it also
+        stops at `deadline` (monotonic), so a flush keeps its timeout."""
+        buffer = self._buffer
+        while buffer:
+            batch = []
+            while buffer and len(batch) < self.batch_size:
+                batch.append(buffer.popleft())
+            try:
+                unwritten = self._write(batch, retry)
+            except Exception:  # the writer must survive anything
+                log.exception("voltline: span writer failed on a batch of %d", len(batch))
+                self.count("write_errors", len(batch))
+                unwritten = []
+            if unwritten:
+                with self._lock:  # beside submit_many's appends at the other end
+                    buffer.extendleft(reversed(unwritten))
+            with self._settled:
+                self._processed += len(batch) - len(unwritten)
+                self._settled.notify_all()
+            if unwritten or (deadline is not None and time.monotonic() >= deadline):
+                return
+
+    def _write(
+        self, batch: list[tuple[Store, EncodedSpan]], retry: bool = True
+    ) -> list[tuple[Store, EncodedSpan]]:
+        """Write a batch, grouped by store; returns what is left to write (without `retry`, the
+        spans of a store that failed)."""
         by_store: dict[int, tuple[Store, list[EncodedSpan]]] = {}
         for store, span in batch:
             entry = by_store.get(id(store))
             if entry is None:
                 entry = by_store[id(store)] = (store, [])
             entry[1].append(span)
-        written = [span for store, spans in by_store.values() for span in self._write_to(store, spans)]
+        written: list[EncodedSpan] = []
+        unwritten: list[tuple[Store, EncodedSpan]] = []
+        for store, spans in by_store.values():
+            done = self._write_to(store, spans, retry)
+            if done is None:
+                unwritten.extend((store, span) for span in spans)
+            else:
+                written.extend(done)
         if written:
             self._export(written)
+        return unwritten
 
     def _export(self, spans: list[EncodedSpan]) -> None:
         # Exporters observe spans only once they are durable, so they can never cost training data.
@@ -217,8 +259,11 @@ class Emitter:
             except Exception:
                 log.exception("voltline: exporter %r failed; the spans are safe in the store", exporter)
 
-    def _write_to(self, store: Store, spans: list[EncodedSpan]) -> list[EncodedSpan]:
-        """Write `spans` to `store`, retrying while it is down; returns the spans written."""
+    def _write_to(
+        self, store: Store, spans: list[EncodedSpan], retry: bool = True
+    ) -> list[EncodedSpan] | None:
+        """Write `spans` to `store`, retrying while it is down; returns the spans written.
+        Without `retry`, one try: None when the store failed, the spans still to be written."""
         delay = 0.1
         for attempt in range(8):  # about 25 s of retries for a store that is briefly down
             try:
@@ -228,6 +273,9 @@ class Emitter:
             except InvalidInput:
                 return self._write_one_by_one(store, spans)
             except Exception as exc:
+                if not retry:
+                    log.warning("voltline: store write failed (%s); the writer thread retries it", exc)
+                    return None
                 if attempt == 7:
                     self.count("write_errors", len(spans))
                     log.error("voltline: gave up writing %d spans to %s: %s", len(spans), store.url, exc)
@@ -235,6 +283,7 @@ class Emitter:
                 log.warning("voltline: store write failed (%s); retrying in %.1fs", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        return []  # not reached: the last attempt returns
 
     def _write_one_by_one(self, store: Store, spans: list[EncodedSpan]) -> list[EncodedSpan]:
         # A batch is rejected whole (a span id already stored, say); the good spans still land.
