@@ -478,6 +478,24 @@ def test_flush_hands_a_failed_write_back_to_the_writer(
         atexit.unregister(emitter._at_exit)
 
 
+def test_one_batch_for_two_stores_lands_in_each(tmp_path: Path) -> None:
+    """Spans of rollouts in different stores, interleaved in one batch, each go to their own."""
+    stores = [SqlStore(f"sqlite:///{tmp_path}/{name}.db") for name in ("a", "b")]
+    try:
+        claims = [store.start_rollout("task") for store in stores]
+        emitter = Emitter(batch_size=100, interval=60)
+        for i in range(10):
+            assert emitter.submit(stores[i % 2], raw_span(claims[i % 2], i)) is True
+        assert emitter.flush(timeout=30) is True
+        for k, (store, claim) in enumerate(zip(stores, claims, strict=True)):
+            stored = store.query_spans(rollout_id=claim.rollout.rollout_id)
+            assert [s.span_id for s in stored] == [f"span-{i}" for i in range(k, 10, 2)]
+    finally:
+        for store in stores:
+            store.close()
+        atexit.unregister(emitter._at_exit)
+
+
 def test_span_ids_survive_an_agent_that_reseeds_random(store: Store) -> None:
     # RL agents often call random.seed(task_seed) per rollout; ids must not repeat because of it.
     import random

@@ -17,7 +17,8 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 from ._errors import InvalidInput
@@ -28,6 +29,7 @@ __all__ = ["Emitter", "get_emitter"]
 
 log = logging.getLogger("voltline.emit")
 
+_STORE, _SPAN = itemgetter(0), itemgetter(1)  # of a buffered (store, span) entry
 _COUNTERS = (
     "emitted", "written", "dropped", "invalid", "coerced", "write_errors", "capture_errors",
     "outside_rollout",
@@ -204,9 +206,12 @@ class Emitter:
         stops at `deadline` (monotonic), so a flush keeps its timeout."""
         buffer = self._buffer
         while buffer:
-            batch = []
-            while buffer and len(batch) < self.batch_size:
-                batch.append(buffer.popleft())
+            with self._lock:  # submit_many appends under it: the whole buffer is taken at once
+                if len(buffer) <= self.batch_size:
+                    batch = list(buffer)
+                    buffer.clear()
+                else:
+                    batch = [buffer.popleft() for _ in range(self.batch_size)]
             try:
                 unwritten = self._write(batch, retry)
             except Exception:  # the writer must survive anything
@@ -227,15 +232,22 @@ class Emitter:
     ) -> list[tuple[Store, EncodedSpan]]:
         """Write a batch, grouped by store; returns what is left to write (without `retry`, the
         spans of a store that failed)."""
-        by_store: dict[int, tuple[Store, list[EncodedSpan]]] = {}
-        for store, span in batch:
-            entry = by_store.get(id(store))
-            if entry is None:
-                entry = by_store[id(store)] = (store, [])
-            entry[1].append(span)
+        stores = list(map(_STORE, batch))
+        ids = list(map(id, stores))
+        groups: Iterable[tuple[Store, list[EncodedSpan]]]
+        if ids.count(ids[0]) == len(ids):  # the usual case, one store: no Python loop over spans
+            groups = ((stores[0], list(map(_SPAN, batch))),)
+        else:
+            by_store: dict[int, tuple[Store, list[EncodedSpan]]] = {}
+            for store, span in batch:
+                entry = by_store.get(id(store))
+                if entry is None:
+                    entry = by_store[id(store)] = (store, [])
+                entry[1].append(span)
+            groups = by_store.values()
         written: list[EncodedSpan] = []
         unwritten: list[tuple[Store, EncodedSpan]] = []
-        for store, spans in by_store.values():
+        for store, spans in groups:
             done = self._write_to(store, spans, retry)
             if done is None:
                 unwritten.extend((store, span) for span in spans)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,10 @@ def _new_id(prefix: str) -> str:
 # a few smaller ones for the rest (64 x 13 values: under any SQLite's 999-variable limit). One
 # statement per size keeps each one prepared.
 _CHUNK_SIZES = (64, 16, 4, 1)
+# Columns of a span row, read in C rather than in a Python loop over the batch.
+_SPAN_ID, _ATTEMPT_ID, _SEQUENCE = (
+    itemgetter(SPAN_FIELDS.index(f)) for f in ("span_id", "attempt_id", "sequence")
+)
 _ONE_SPAN = f"({', '.join('?' * len(SPAN_FIELDS))})"
 _INSERT_SPANS = {
     n: f"INSERT INTO spans ({', '.join(SPAN_FIELDS)}) VALUES {', '.join([_ONE_SPAN] * n)}"
@@ -545,25 +550,27 @@ class SqlStore(Store):
     @staticmethod
     def _span_rows(spans: Iterable[Span | Mapping[str, Any]]) -> list[tuple[Any, ...]]:
         """Each span as a row of the spans table; the whole batch is refused at the first bad span."""
-        rows = []
-        first_index: dict[str, int] = {}
-        for i, span in enumerate(spans):
-            # An EncodedSpan was checked and encoded when it was emitted.
-            row = span.row if type(span) is EncodedSpan else _encode_span(span, i)
-            j = first_index.setdefault(row[0], i)
-            if j != i:
-                raise InvalidInput(
-                    f"spans[{i}].span_id: {row[0]!r} is also the id of spans[{j}]; "
-                    "nothing from this batch was stored"
-                )
-            rows.append(row)
+        # An EncodedSpan was checked and encoded when it was emitted.
+        rows = [
+            span.row if type(span) is EncodedSpan else _encode_span(span, i)  # type: ignore[union-attr]
+            for i, span in enumerate(spans)
+        ]
+        if len(set(map(_SPAN_ID, rows))) != len(rows):  # rare: find the first repeated id to name it
+            first_index: dict[str, int] = {}
+            for i, row in enumerate(rows):
+                j = first_index.setdefault(row[0], i)
+                if j != i:
+                    raise InvalidInput(
+                        f"spans[{i}].span_id: {row[0]!r} is also the id of spans[{j}]; "
+                        "nothing from this batch was stored"
+                    )
         return rows
 
     def add_spans(self, spans: Iterable[Span | Mapping[str, Any]]) -> int:
         rows = self._span_rows(spans)
         if not rows:
             return 0
-        numbered = all(r[4] is not None for r in rows)  # as every emitted span is
+        numbered = None not in map(_SEQUENCE, rows)  # as every emitted span is
         try:
             with self._tx(driver=numbered and self.dialect == "sqlite") as conn:
                 if not numbered:
@@ -632,7 +639,7 @@ class SqlStore(Store):
                         cursor.execute(statement, list(chain.from_iterable(rows[start : start + size])))
                         start += size
             # A span is a sign of life. Sorted: concurrent writers lock attempt rows in one order.
-            attempt_ids = sorted({r[2] for r in rows})
+            attempt_ids = sorted(set(map(_ATTEMPT_ID, rows)))
             mark = "?" if self.dialect == "sqlite" else "%s"
             cursor.execute(
                 f"UPDATE attempts SET last_heartbeat = {mark} WHERE status = {mark} "
