@@ -1,17 +1,23 @@
 """Capture overhead on a LangChain agent: uninstrumented, Voltline, and OpenInference.
 
-    .venv/bin/python benchmarks/capture_overhead.py                 # defaults: 150 rounds x 10 runs
-    .venv/bin/python benchmarks/capture_overhead.py --rounds 30 --runs 10
+    .venv/bin/python benchmarks/capture_overhead.py                    # 200 rounds x 10 runs, 4 processes
+    .venv/bin/python benchmarks/capture_overhead.py --rounds 480 --processes 8
 
-One process. The agent is a real LangGraph agent (`langchain.agents.create_agent`, two tools,
-three model turns, so 11 LangChain runs per agent run) over the scripted chat model, so the
-numbers are the framework's own cost plus capture's, with no model time to hide behind:
-the worst case for an overhead ratio. Each round times `--runs` agent runs in every mode,
-modes interleaved (order rotated) so that machine noise hits them alike. A mode's ratio to
-uninstrumented is the median over rounds of that round's ratio, with a 95% bootstrap interval
-(rounds resampled). Rounds are short (10 runs, well under a second per mode) and many: on this
-shared VM the same agent run takes anywhere from 4 to 9 ms from one tenth of a second to the
-next, so only runs compared within a fraction of a second cancel the machine's drift.
+The agent is a real LangGraph agent (`langchain.agents.create_agent`, two tools, three model
+turns, so 11 LangChain runs per agent run) over the scripted chat model, so the numbers are the
+framework's own cost plus capture's, with no model time to hide behind: the worst case for an
+overhead ratio. Each round times `--runs` agent runs in every mode, modes interleaved (order
+rotated) so that machine noise hits them alike. Rounds are short (10 runs, well under a second
+per mode) and many: on this shared VM the same agent run takes anywhere from 4 to 9 ms from one
+tenth of a second to the next, so only runs compared within a fraction of a second cancel the
+machine's drift.
+
+The rounds are split over `--processes` fresh processes, run one after another. One process's
+median is not the answer: on this machine, single processes of the same code, one after another,
+read Voltline at +12.9% to +17.2% (150 rounds each), well outside each one's own interval, and
+60-round processes with the same hash seed at +9.9% and +14.0%: the machine drifts over minutes.
+A mode's ratio to uninstrumented is the median over all rounds of that round's ratio, with a 95%
+interval from a two-level bootstrap (processes resampled, then rounds within them).
 
 * **uninstrumented**: LangChain and LangGraph alone.
 * **voltline**: `voltline.instrument()` (the voltline-langchain plugin), runs inside one
@@ -30,10 +36,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -136,13 +144,60 @@ def run_voltline(agent: Any, runs: int, store: voltline.Store) -> tuple[float, i
     return elapsed, spans
 
 
-def paired_ratio(mode: list[float], base: list[float]) -> tuple[float, float, float]:
-    """The median over rounds of mode / base within the round, and a 95% bootstrap interval of
-    that median (rounds resampled with a fixed seed, so the same times give the same interval)."""
-    ratios = [m / b for m, b in zip(mode, base, strict=True)]
+def worker(rounds: int, runs: int, processor: str, label: str) -> dict[str, Any]:
+    """One process's rounds: per mode, the wall and CPU seconds of each round, and spans per run."""
+    agent = build_agent()
+    time_runs(agent, 20)  # warm-up: imports, caches, code paths
+    openinference = OpenInference(processor)
+    times: dict[str, list[float]] = {name: [] for name in MODES}
+    cpu: dict[str, list[float]] = {name: [] for name in MODES}
+    counts: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = voltline.connect(f"sqlite:///{Path(tmp) / 'bench.db'}")
+        run_voltline(agent, 10, store)  # warm-up of the writer thread and the store
+        openinference.run(agent, 10)
+
+        def volt() -> float:
+            elapsed, counts["voltline"] = run_voltline(agent, runs, store)
+            return elapsed
+
+        def oi() -> float:
+            elapsed, counts["openinference"] = openinference.run(agent, runs)
+            return elapsed
+
+        modes: list[tuple[str, Callable[[], float]]] = [
+            ("uninstrumented", lambda: time_runs(agent, runs)),
+            ("voltline", volt),
+            ("openinference", oi),
+        ]
+        for round_ in tqdm(range(rounds), desc=label, unit="round", file=sys.stderr):
+            # Rotate the order each round so no mode always runs right after another.
+            for name, fn in modes[round_ % 3 :] + modes[: round_ % 3]:
+                times[name].append(fn())
+                cpu[name].append(CPU_TIMES[-1])
+        store.close()
+    return {"times": times, "cpu": cpu, "spans": {k: v / runs for k, v in counts.items()}}
+
+
+MODES = ("uninstrumented", "voltline", "openinference")
+
+
+def pooled_ratio(mode: list[list[float]], base: list[list[float]]) -> tuple[float, float, float]:
+    """The median, over every round of every process, of mode / base within the round, and a 95%
+    interval of it from a two-level bootstrap: processes resampled, then rounds within each (a
+    fixed seed, so the same times give the same interval). Resampling processes carries the
+    difference between processes into the interval, which rounds of one process cannot show."""
+    groups = [[m / b for m, b in zip(ms, bs, strict=True)] for ms, bs in zip(mode, base, strict=True)]
     rng = random.Random(0)
-    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(BOOTSTRAP))
-    return statistics.median(ratios), medians[BOOTSTRAP // 40], medians[BOOTSTRAP - 1 - BOOTSTRAP // 40]
+    medians = []
+    for _ in range(BOOTSTRAP):
+        sample: list[float] = []
+        for group in rng.choices(groups, k=len(groups)):
+            sample += rng.choices(group, k=len(group))
+        medians.append(statistics.median(sample))
+    medians.sort()
+    pooled = [r for group in groups for r in group]
+    return statistics.median(pooled), medians[BOOTSTRAP // 40], medians[BOOTSTRAP - 1 - BOOTSTRAP // 40]
 
 
 def verdict(low: float, high: float, limit: float) -> str:
@@ -154,49 +209,39 @@ def verdict(low: float, high: float, limit: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=150, help="rounds, each timing every mode once")
+    parser.add_argument("--rounds", type=int, default=200, help="rounds in all, split over the processes")
+    parser.add_argument("--processes", type=int, default=4, help="fresh processes, run one after another")
     parser.add_argument("--runs", type=int, default=10, help="agent runs per mode per round")
     parser.add_argument(
         "--processor", choices=["simple", "batch"], default="simple",
         help="OpenInference's span processor: SimpleSpanProcessor or BatchSpanProcessor",
     )  # fmt: skip
+    parser.add_argument(
+        "--worker", metavar="LABEL", help=argparse.SUPPRESS
+    )  # a child: rounds -> JSON on stdout
     args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.rounds, args.runs, args.processor, args.worker)))
+        return
+    if args.processes < 1 or args.rounds < args.processes:
+        parser.error("--processes must be at least 1 and at most --rounds")
 
-    agent = build_agent()
-    time_runs(agent, 20)  # warm-up: imports, caches, code paths
-    openinference = OpenInference(args.processor)
-    times: dict[str, list[float]] = {"uninstrumented": [], "voltline": [], "openinference": []}
-    cpu: dict[str, list[float]] = {name: [] for name in times}
-    counts: dict[str, int] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        store = voltline.connect(f"sqlite:///{Path(tmp) / 'bench.db'}")
-        run_voltline(agent, 10, store)  # warm-up of the writer thread and the store
-        openinference.run(agent, 10)
+    results = []
+    for i in range(args.processes):
+        rounds = args.rounds // args.processes + (i < args.rounds % args.processes)
+        child = subprocess.run(
+            [sys.executable, __file__, "--worker", f"process {i + 1}/{args.processes}",
+             "--rounds", str(rounds), "--runs", str(args.runs), "--processor", args.processor],
+            stdout=subprocess.PIPE, text=True, check=True,
+        )  # fmt: skip
+        results.append(json.loads(child.stdout))
 
-        def volt() -> float:
-            elapsed, counts["voltline"] = run_voltline(agent, args.runs, store)
-            return elapsed
-
-        def oi() -> float:
-            elapsed, counts["openinference"] = openinference.run(agent, args.runs)
-            return elapsed
-
-        modes: list[tuple[str, Callable[[], float]]] = [
-            ("uninstrumented", lambda: time_runs(agent, args.runs)),
-            ("voltline", volt),
-            ("openinference", oi),
-        ]
-        for round_ in tqdm(range(args.rounds), desc="rounds", unit="round", file=sys.stderr):
-            # Rotate the order each round so no mode always runs right after another.
-            for name, fn in modes[round_ % 3 :] + modes[: round_ % 3]:
-                times[name].append(fn())
-                cpu[name].append(CPU_TIMES[-1])
-        store.close()
-
+    times = {name: [r["times"][name] for r in results] for name in MODES}
+    cpu = {name: [r["cpu"][name] for r in results] for name in MODES}
     processor = "SimpleSpanProcessor" if args.processor == "simple" else "BatchSpanProcessor"
     print(
         f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}; "
-        f"{args.rounds} rounds x {args.runs} agent runs per mode; "
+        f"{args.rounds} rounds x {args.runs} agent runs per mode, over {args.processes} processes; "
         f"OpenInference via {processor} + InMemorySpanExporter"
     )
     print()
@@ -206,17 +251,25 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|")
     ratio, cpu_ratio = {}, {}
-    for name, t in times.items():
-        ms = [x / args.runs * 1e3 for x in t]
-        cpu_ms = statistics.median(cpu[name]) / args.runs * 1e3
-        ratio[name] = paired_ratio(t, times["uninstrumented"])
-        cpu_ratio[name] = paired_ratio(cpu[name], cpu["uninstrumented"])
-        spans = counts.get(name)
+    for name in MODES:
+        ms = [x / args.runs * 1e3 for t in times[name] for x in t]
+        cpu_ms = statistics.median(x for c in cpu[name] for x in c) / args.runs * 1e3
+        ratio[name] = pooled_ratio(times[name], times["uninstrumented"])
+        cpu_ratio[name] = pooled_ratio(cpu[name], cpu["uninstrumented"])
+        spans = results[0]["spans"].get(name)
         print(
             f"| {name} | {statistics.median(ms):.2f} | {min(ms):.2f}..{max(ms):.2f} "
             f"| {_interval(ratio[name])} | {cpu_ms:.2f} | {_interval(cpu_ratio[name])} "
-            f"| {spans / args.runs if spans else '-'} |"
+            f"| {spans if spans else '-'} |"
         )
+    print()
+    # Each process's own median round ratio: how far apart fresh processes land.
+    for name in ("voltline", "openinference"):
+        each = [
+            statistics.median(m / b for m, b in zip(ms, bs, strict=True))
+            for ms, bs in zip(times[name], times["uninstrumented"], strict=True)
+        ]
+        print(f"{name} adds (wall), each process: {', '.join(f'{r - 1:+.1%}' for r in each)}")
     print()
     checks = []
     for measure, ratios in (("wall", ratio), ("CPU", cpu_ratio)):

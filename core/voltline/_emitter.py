@@ -144,7 +144,11 @@ class Emitter:
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every span emitted before this call is durable in its store (or given
-        up on and counted). Returns False if that did not happen within `timeout` seconds."""
+        up on and counted). Returns False if that did not happen within `timeout` seconds.
+
+        When the writer thread is idle, the spans are written on the calling thread; a write
+        begun before the timeout is not cut short, so a store that hangs can hold the flush
+        up to that store's own limit (SQLite waits up to 60 s for a lock held elsewhere)."""
         self._run_flush_hooks()
         target = self._counts["emitted"]
         if self._processed >= target:
