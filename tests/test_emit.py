@@ -413,23 +413,26 @@ def test_batch_that_half_fits_queues_what_fits(store_url: str) -> None:
         atexit.unregister(emitter._at_exit)
 
 
+def emit_and_flush(store: SqlStore, emitter: Emitter, n: int = 20) -> None:
+    """Submit `n` spans of a new rollout, flush, and check every one is stored, in order."""
+    claim = store.start_rollout("task")
+    for i in range(n):
+        assert emitter.submit(store, raw_span(claim, i)) is True
+    assert emitter.flush(timeout=30) is True
+    stored = store.query_spans(rollout_id=claim.rollout.rollout_id)
+    assert [s.span_id for s in stored] == [f"span-{i}" for i in range(n)]
+
+
 def test_store_that_recovers_gets_every_span(store_url: str, caplog: pytest.LogCaptureFixture) -> None:
     flaky = FlakyStore(store_url, failures=2)
+    emitter = Emitter(batch_size=100, interval=0.01)
     try:
-        claim = flaky.start_rollout("task")
-        emitter = Emitter(batch_size=100, interval=0.01)
         with caplog.at_level(logging.WARNING, logger="voltline.emit"):
-            for i in range(20):
-                assert emitter.submit(flaky, raw_span(claim, i)) is True
-            assert emitter.flush(timeout=30) is True
+            emit_and_flush(flaky, emitter)
         stats = emitter.stats()
-        assert stats["written"] == 20
-        assert stats["write_errors"] == 0
-        assert stats["dropped"] == 0
+        assert (stats["written"], stats["write_errors"], stats["dropped"]) == (20, 0, 0)
         assert flaky.calls >= 3
         assert "retrying" in caplog.text
-        stored = flaky.query_spans(rollout_id=claim.rollout.rollout_id)
-        assert [s.span_id for s in stored] == [f"span-{i}" for i in range(20)]
     finally:
         flaky.close()
         atexit.unregister(emitter._at_exit)
@@ -439,16 +442,11 @@ def test_flush_writes_on_its_own_thread_when_the_writer_is_idle(store_url: str) 
     """Waking the writer and waiting for it costs two thread switches; an idle writer's work is
     done by the flushing thread instead."""
     recording = FlakyStore(store_url, failures=0)
+    emitter = Emitter(batch_size=100, interval=60)  # the writer thread sleeps through the test
     try:
-        claim = recording.start_rollout("task")
-        emitter = Emitter(batch_size=100, interval=60)  # the writer thread sleeps through the test
-        for i in range(20):
-            assert emitter.submit(recording, raw_span(claim, i)) is True
-        assert emitter.flush(timeout=30) is True
+        emit_and_flush(recording, emitter)
         assert recording.threads == [threading.current_thread().name]
         assert emitter.stats()["written"] == 20
-        stored = recording.query_spans(rollout_id=claim.rollout.rollout_id)
-        assert [s.span_id for s in stored] == [f"span-{i}" for i in range(20)]
     finally:
         recording.close()
         atexit.unregister(emitter._at_exit)
@@ -460,19 +458,14 @@ def test_flush_hands_a_failed_write_back_to_the_writer(
     """The flushing thread tries once; the spans a store failed on go back, in order, to the
     writer thread, which retries them: the flush still returns only once they are durable."""
     flaky = FlakyStore(store_url, failures=1)
+    emitter = Emitter(batch_size=100, interval=60)
     try:
-        claim = flaky.start_rollout("task")
-        emitter = Emitter(batch_size=100, interval=60)
         with caplog.at_level(logging.WARNING, logger="voltline.emit"):
-            for i in range(20):
-                assert emitter.submit(flaky, raw_span(claim, i)) is True
-            assert emitter.flush(timeout=30) is True
+            emit_and_flush(flaky, emitter)
         assert flaky.threads == [threading.current_thread().name, "voltline-writer"]
         assert "the writer thread retries it" in caplog.text
         stats = emitter.stats()
         assert (stats["written"], stats["write_errors"], stats["buffered"]) == (20, 0, 0)
-        stored = flaky.query_spans(rollout_id=claim.rollout.rollout_id)
-        assert [s.span_id for s in stored] == [f"span-{i}" for i in range(20)]
     finally:
         flaky.close()
         atexit.unregister(emitter._at_exit)
