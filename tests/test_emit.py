@@ -471,6 +471,29 @@ def test_flush_hands_a_failed_write_back_to_the_writer(
         atexit.unregister(emitter._at_exit)
 
 
+def test_a_store_down_for_good_costs_counted_write_errors(
+    store_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the flushing thread's try and eight tries by the writer, the spans are given up on:
+    counted as write errors and logged, and the flush returns."""
+    monkeypatch.setattr("voltline._emitter.time.sleep", lambda seconds: None)  # skip the back-off
+    down = FlakyStore(store_url, failures=1_000)
+    emitter = Emitter(batch_size=100, interval=60)
+    try:
+        claim = down.start_rollout("task")
+        with caplog.at_level(logging.WARNING, logger="voltline.emit"):
+            for i in range(20):
+                assert emitter.submit(down, raw_span(claim, i)) is True
+            assert emitter.flush(timeout=30) is True
+        stats = emitter.stats()
+        assert (stats["written"], stats["write_errors"], stats["buffered"]) == (0, 20, 0)
+        assert down.calls == 9
+        assert "gave up writing 20 spans" in caplog.text
+    finally:
+        down.close()
+        atexit.unregister(emitter._at_exit)
+
+
 def test_one_batch_for_two_stores_lands_in_each(tmp_path: Path) -> None:
     """Spans of rollouts in different stores, interleaved in one batch, each go to their own."""
     stores = [SqlStore(f"sqlite:///{tmp_path}/{name}.db") for name in ("a", "b")]

@@ -236,6 +236,8 @@ class Emitter:
     ) -> list[tuple[Store, EncodedSpan]]:
         """Write a batch, grouped by store; returns what is left to write (without `retry`, the
         spans of a store that failed)."""
+        if not batch:
+            return []
         stores = list(map(_STORE, batch))
         ids = list(map(id, stores))
         groups: Iterable[tuple[Store, list[EncodedSpan]]]
@@ -280,8 +282,8 @@ class Emitter:
     ) -> list[EncodedSpan] | None:
         """Write `spans` to `store`, retrying while it is down; returns the spans written.
         Without `retry`, one try: None when the store failed, the spans still to be written."""
-        delay = 0.1
-        for attempt in range(8):  # about 25 s of retries for a store that is briefly down
+        delay, failures = 0.1, 0
+        while True:
             try:
                 store.add_spans(spans)
                 self.count("written", len(spans))
@@ -292,14 +294,14 @@ class Emitter:
                 if not retry:
                     log.warning("voltline: store write failed (%s); the writer thread retries it", exc)
                     return None
-                if attempt == 7:
+                failures += 1
+                if failures == 8:  # about 25 s of retries for a store that is briefly down
                     self.count("write_errors", len(spans))
                     log.error("voltline: gave up writing %d spans to %s: %s", len(spans), store.url, exc)
                     return []
                 log.warning("voltline: store write failed (%s); retrying in %.1fs", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        return []  # not reached: the last attempt returns
 
     def _write_one_by_one(self, store: Store, spans: list[EncodedSpan]) -> list[EncodedSpan]:
         # A batch is rejected whole (a span id already stored, say); the good spans still land.
