@@ -60,6 +60,7 @@ import voltline
 
 TARGET_OVERHEAD = 0.15
 BOOTSTRAP = 2000  # resamples for the interval of a median ratio
+MODES = ("uninstrumented", "voltline", "openinference")
 QUESTION = {"messages": [("user", "What is (3 + 4) * 5?")]}
 
 
@@ -179,7 +180,9 @@ def worker(rounds: int, runs: int, processor: str, label: str) -> dict[str, Any]
     return {"times": times, "cpu": cpu, "spans": {k: v / runs for k, v in counts.items()}}
 
 
-MODES = ("uninstrumented", "voltline", "openinference")
+def round_ratios(mode: list[list[float]], base: list[list[float]]) -> list[list[float]]:
+    """Per process, each round's mode / base (times of the same round)."""
+    return [[m / b for m, b in zip(ms, bs, strict=True)] for ms, bs in zip(mode, base, strict=True)]
 
 
 def pooled_ratio(mode: list[list[float]], base: list[list[float]]) -> tuple[float, float, float]:
@@ -187,7 +190,7 @@ def pooled_ratio(mode: list[list[float]], base: list[list[float]]) -> tuple[floa
     interval of it from a two-level bootstrap: processes resampled, then rounds within each (a
     fixed seed, so the same times give the same interval). Resampling processes carries the
     difference between processes into the interval, which rounds of one process cannot show."""
-    groups = [[m / b for m, b in zip(ms, bs, strict=True)] for ms, bs in zip(mode, base, strict=True)]
+    groups = round_ratios(mode, base)
     rng = random.Random(0)
     medians = []
     for _ in range(BOOTSTRAP):
@@ -216,9 +219,8 @@ def main() -> None:
         "--processor", choices=["simple", "batch"], default="simple",
         help="OpenInference's span processor: SimpleSpanProcessor or BatchSpanProcessor",
     )  # fmt: skip
-    parser.add_argument(
-        "--worker", metavar="LABEL", help=argparse.SUPPRESS
-    )  # a child: rounds -> JSON on stdout
+    # A child process: its rounds, as JSON on stdout.
+    parser.add_argument("--worker", metavar="LABEL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.rounds, args.runs, args.processor, args.worker)))
@@ -265,10 +267,7 @@ def main() -> None:
     print()
     # Each process's own median round ratio: how far apart fresh processes land.
     for name in ("voltline", "openinference"):
-        each = [
-            statistics.median(m / b for m, b in zip(ms, bs, strict=True))
-            for ms, bs in zip(times[name], times["uninstrumented"], strict=True)
-        ]
+        each = [statistics.median(group) for group in round_ratios(times[name], times["uninstrumented"])]
         print(f"{name} adds (wall), each process: {', '.join(f'{r - 1:+.1%}' for r in each)}")
     print()
     checks = []

@@ -236,9 +236,7 @@ class Emitter:
     ) -> list[tuple[Store, EncodedSpan]]:
         """Write a batch, grouped by store; returns what is left to write (without `retry`, the
         spans of a store that failed)."""
-        if not batch:
-            return []
-        stores = list(map(_STORE, batch))
+        stores = list(map(_STORE, batch))  # never empty: _drain takes at least one span
         ids = list(map(id, stores))
         groups: Iterable[tuple[Store, list[EncodedSpan]]]
         if ids.count(ids[0]) == len(ids):  # the usual case, one store: no Python loop over spans
