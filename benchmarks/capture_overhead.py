@@ -1,7 +1,7 @@
 """Capture overhead on a LangChain agent: uninstrumented, Voltline, and OpenInference.
 
-    .venv/bin/python benchmarks/capture_overhead.py                    # 200 rounds x 10 runs, 4 processes
-    .venv/bin/python benchmarks/capture_overhead.py --rounds 480 --processes 8
+    .venv/bin/python benchmarks/capture_overhead.py                    # 320 rounds x 10 runs, 16 processes
+    .venv/bin/python benchmarks/capture_overhead.py --rounds 1600 --processes 40   # a tighter interval
 
 The agent is a real LangGraph agent (`langchain.agents.create_agent`, two tools, three model
 turns, so 11 LangChain runs per agent run) over the scripted chat model, so the numbers are the
@@ -16,6 +16,8 @@ The rounds are split over `--processes` fresh processes, run one after another. 
 median is not the answer: on this machine, single processes of the same code, one after another,
 read Voltline at +12.9% to +17.2% (150 rounds each), well outside each one's own interval, and
 60-round processes with the same hash seed at +9.9% and +14.0%: the machine drifts over minutes.
+Of 40 processes in one run, each process's own ratio ranged from +11.7% to +20.9%, so the default
+takes 16 processes of 20 rounds (about 3 minutes; a 95% interval about 2 points wide).
 A mode's ratio to uninstrumented is the median over all rounds of that round's ratio, with a 95%
 interval from a two-level bootstrap (processes resampled, then rounds within them).
 
@@ -212,8 +214,8 @@ def verdict(low: float, high: float, limit: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=200, help="rounds in all, split over the processes")
-    parser.add_argument("--processes", type=int, default=4, help="fresh processes, run one after another")
+    parser.add_argument("--rounds", type=int, default=320, help="rounds in all, split over the processes")
+    parser.add_argument("--processes", type=int, default=16, help="fresh processes, run one after another")
     parser.add_argument("--runs", type=int, default=10, help="agent runs per mode per round")
     parser.add_argument(
         "--processor", choices=["simple", "batch"], default="simple",
