@@ -17,10 +17,12 @@ if ! .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__.split("+
 fi
 
 # Every distribution in the workspace, resolved together: core (with the proxy's local model
-# backend and OTLP/protobuf ingest), each plugin with its `examples` extra (what its example drives), each algorithm package.
+# backend and OTLP/protobuf ingest), each plugin with its `examples` extra where it has one (what
+# its example drives beyond the framework itself), each algorithm package.
 dists=("core[local,otlp]")
 for d in plugins/*/; do
-  [ -f "$d/pyproject.toml" ] && dists+=("${d%/}[examples]")
+  [ -f "$d/pyproject.toml" ] || continue
+  if grep -q '^examples *=' "$d/pyproject.toml"; then dists+=("${d%/}[examples]"); else dists+=("${d%/}"); fi
 done
 for d in algorithms/*/; do
   [ -f "$d/pyproject.toml" ] && dists+=("${d%/}")

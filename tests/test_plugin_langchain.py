@@ -630,6 +630,32 @@ def test_failing_capture_code_never_changes_the_agent(
         assert "gen_ai.input.messages" in s.attributes and "gen_ai.output.messages" not in s.attributes
 
 
+def test_a_failing_converter_loses_only_its_attributes(
+    instrumented: None, store: voltline.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with voltline.rollout({"q": "ref"}, store=store):
+        expected = reference_result()
+
+    def broken(value: Any) -> Any:
+        raise TypeError("a payload a newer LangChain changed")
+
+    # Every payload conversion fails: model inputs, tool definitions and arguments, results.
+    monkeypatch.setattr(_convert, "messages", broken)
+    monkeypatch.setattr(_convert, "plain", broken)
+    errors_before = stats()["capture_errors"]
+    with voltline.rollout({"q": "broken"}, store=store) as r:
+        assert reference_result() == expected
+    assert stats()["capture_errors"] > errors_before
+    spans = spans_of(store, r.rollout_id)
+    assert outline(spans) == CALC_TREE  # no span lost, only what could not be converted
+    for s in by_kind(spans, "llm"):
+        assert s.name == f"chat {s.attributes['gen_ai.request.model']}"  # the request was still read
+        assert not {"gen_ai.input.messages", "gen_ai.tool.definitions"} & s.attributes.keys()
+    for s in by_kind(spans, "tool"):
+        assert s.attributes["gen_ai.tool.name"] in {"add", "multiply"}
+        assert not {"gen_ai.tool.call.arguments", "gen_ai.tool.call.result"} & s.attributes.keys()
+
+
 def test_unexpected_payloads_are_counted_not_raised(instrumented: None, store: voltline.Store) -> None:
     handler = VoltlineCallbackHandler()
     before = stats()["capture_errors"]

@@ -135,6 +135,46 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
             self._failed(where, exc)
             return None
 
+    def _model_request(
+        self,
+        where: str,
+        serialized: Mapping[str, Any] | None,
+        metadata: Mapping[str, Any] | None,
+        kwargs: Mapping[str, Any],
+        operation: str,
+    ) -> dict[str, Any]:
+        """Request attributes: LangChain's `ls_*` metadata first (every chat model sets it), then
+        the invocation parameters, then the serialized constructor arguments."""
+        metadata = metadata or {}
+        params = kwargs.get("invocation_params") or {}
+        get, pget = metadata.get, params.get
+        model = get("ls_model_name") or pget("model") or pget("model_name")
+        if not model:
+            ser_kwargs = (serialized or {}).get("kwargs") or {}
+            model = ser_kwargs.get("model") or ser_kwargs.get("model_name")
+        # Built in the recorded key order, skipping absent values (no intermediate dicts: hot path).
+        attrs: dict[str, Any] = {"gen_ai.operation.name": operation}
+        value = get("ls_provider") or pget("_type")
+        if value is not None:
+            attrs["gen_ai.provider.name"] = value
+        if model is not None:
+            attrs["gen_ai.request.model"] = model
+        value = get("ls_temperature", pget("temperature"))
+        if value is not None:
+            attrs["gen_ai.request.temperature"] = value
+        value = get("ls_max_tokens", pget("max_tokens"))
+        if value is not None:
+            attrs["gen_ai.request.max_tokens"] = value
+        value = get("ls_stop") or pget("stop")
+        if value is not None:
+            attrs["gen_ai.request.stop_sequences"] = value
+        value = pget("tools")
+        if value:
+            tools = self._convert(where, lambda: _convert.plain(value))
+            if tools is not None:
+                attrs["gen_ai.tool.definitions"] = tools
+        return attrs
+
     def _start(
         self,
         run_id: UUID,
@@ -315,8 +355,11 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         try:
-            attrs = _model_request(serialized, metadata, kwargs, "chat")
-            attrs["gen_ai.input.messages"] = _convert.messages(messages[0] if messages else [])
+            attrs = self._model_request("on_chat_model_start", serialized, metadata, kwargs, "chat")
+            sent = messages[0] if messages else []
+            converted = self._convert("on_chat_model_start", lambda: _convert.messages(sent))
+            if converted is not None:  # else the span is still recorded, without its input
+                attrs["gen_ai.input.messages"] = converted
             self._start(run_id, parent_run_id, _model_span_name(attrs), "llm", attrs, tags, metadata)
         except Exception as exc:  # never into the agent
             self._failed("on_chat_model_start", exc)
@@ -333,7 +376,7 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         try:
-            attrs = _model_request(serialized, metadata, kwargs, "text_completion")
+            attrs = self._model_request("on_llm_start", serialized, metadata, kwargs, "text_completion")
             attrs["gen_ai.input.messages"] = [{"role": "user", "content": p} for p in prompts]
             self._start(run_id, parent_run_id, _model_span_name(attrs), "llm", attrs, tags, metadata)
         except Exception as exc:  # never into the agent
@@ -387,11 +430,11 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
     ) -> None:
         try:
             name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
-            attrs: dict[str, Any] = {
-                "gen_ai.operation.name": "execute_tool",
-                "gen_ai.tool.name": name,
-                "gen_ai.tool.call.arguments": _convert.plain(inputs if inputs is not None else input_str),
-            }
+            attrs: dict[str, Any] = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name}
+            given = inputs if inputs is not None else input_str
+            arguments = self._convert("on_tool_start", lambda: _convert.plain(given))
+            if arguments is not None:
+                attrs["gen_ai.tool.call.arguments"] = arguments
             if kwargs.get("tool_call_id"):
                 attrs["gen_ai.tool.call.id"] = kwargs["tool_call_id"]
             description = (serialized or {}).get("description")
@@ -523,40 +566,3 @@ def _serialized_name(serialized: Mapping[str, Any] | None) -> str | None:
         return str(serialized["name"])
     ids = serialized.get("id")
     return str(ids[-1]) if isinstance(ids, list) and ids else None
-
-
-def _model_request(
-    serialized: Mapping[str, Any] | None,
-    metadata: Mapping[str, Any] | None,
-    kwargs: Mapping[str, Any],
-    operation: str,
-) -> dict[str, Any]:
-    """Request attributes: LangChain's `ls_*` metadata first (every chat model sets it), then
-    the invocation parameters, then the serialized constructor arguments."""
-    metadata = metadata or {}
-    params = kwargs.get("invocation_params") or {}
-    get, pget = metadata.get, params.get
-    model = get("ls_model_name") or pget("model") or pget("model_name")
-    if not model:
-        ser_kwargs = (serialized or {}).get("kwargs") or {}
-        model = ser_kwargs.get("model") or ser_kwargs.get("model_name")
-    # Built in the recorded key order, skipping absent values (no intermediate dicts: hot path).
-    attrs: dict[str, Any] = {"gen_ai.operation.name": operation}
-    value = get("ls_provider") or pget("_type")
-    if value is not None:
-        attrs["gen_ai.provider.name"] = value
-    if model is not None:
-        attrs["gen_ai.request.model"] = model
-    value = get("ls_temperature", pget("temperature"))
-    if value is not None:
-        attrs["gen_ai.request.temperature"] = value
-    value = get("ls_max_tokens", pget("max_tokens"))
-    if value is not None:
-        attrs["gen_ai.request.max_tokens"] = value
-    value = get("ls_stop") or pget("stop")
-    if value is not None:
-        attrs["gen_ai.request.stop_sequences"] = value
-    value = pget("tools")
-    if value:
-        attrs["gen_ai.tool.definitions"] = _convert.plain(value)
-    return attrs
