@@ -170,9 +170,10 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
             attrs["gen_ai.request.stop_sequences"] = value
         value = pget("tools")
         if value:
-            tools = self._convert(where, lambda: _convert.plain(value))
-            if tools is not None:
-                attrs["gen_ai.tool.definitions"] = tools
+            try:
+                attrs["gen_ai.tool.definitions"] = _convert.plain(value)
+            except Exception as exc:  # the span is still recorded, without them
+                self._failed(where, exc)
         return attrs
 
     def _start(
@@ -356,10 +357,10 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
     ) -> None:
         try:
             attrs = self._model_request("on_chat_model_start", serialized, metadata, kwargs, "chat")
-            sent = messages[0] if messages else []
-            converted = self._convert("on_chat_model_start", lambda: _convert.messages(sent))
-            if converted is not None:  # else the span is still recorded, without its input
-                attrs["gen_ai.input.messages"] = converted
+            try:
+                attrs["gen_ai.input.messages"] = _convert.messages(messages[0] if messages else [])
+            except Exception as exc:  # the span is still recorded, without its input
+                self._failed("on_chat_model_start", exc)
             self._start(run_id, parent_run_id, _model_span_name(attrs), "llm", attrs, tags, metadata)
         except Exception as exc:  # never into the agent
             self._failed("on_chat_model_start", exc)
@@ -431,10 +432,11 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         try:
             name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
             attrs: dict[str, Any] = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name}
-            given = inputs if inputs is not None else input_str
-            arguments = self._convert("on_tool_start", lambda: _convert.plain(given))
-            if arguments is not None:
-                attrs["gen_ai.tool.call.arguments"] = arguments
+            arguments = inputs if inputs is not None else input_str
+            try:
+                attrs["gen_ai.tool.call.arguments"] = _convert.plain(arguments)
+            except Exception as exc:  # the span is still recorded, without its arguments
+                self._failed("on_tool_start", exc)
             if kwargs.get("tool_call_id"):
                 attrs["gen_ai.tool.call.id"] = kwargs["tool_call_id"]
             description = (serialized or {}).get("description")
