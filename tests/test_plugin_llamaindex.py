@@ -614,3 +614,5 @@ def test_example_runs_offline_and_prints_the_tree(tmp_path: Path) -> None:
         spans = s.query_spans(rollout_id=rollout_id)
     assert len(only(spans, "llm")) == 3 and len(only(spans, "retriever")) == 1
     assert [s.agent_name for s in spans if s.kind != "reward"] == ["stockkeeper"] * 21
+    (lookup,) = only(spans, "tool", "execute_tool lookup_stock")
+    assert "40 bolts" in lookup.attributes["gen_ai.tool.call.result"]  # the note the script's answer uses

@@ -1,10 +1,11 @@
 """A LlamaIndex FunctionAgent captured by Voltline with no emit calls but the reward. Offline.
 
 The agent answers a stock question with two tools: `lookup_stock` searches a tiny in-memory
-vector index (MockEmbedding, so no embedding model is downloaded) and `multiply` does the
-arithmetic. Its model is `ScriptedLLM`, a LlamaIndex LLM that plays a fixed script of tool
-calls and answers, with token usage like a real provider. `voltline.instrument()` is the
-only setup; the script then prints the span tree the run produced. Afterwards try:
+vector index (embedded by `WordCountEmbedding`, defined here, so no embedding model is
+downloaded) and `multiply` does the arithmetic. Its model is `ScriptedLLM`, a LlamaIndex LLM
+that plays a fixed script of tool calls and answers, with token usage like a real provider.
+`voltline.instrument()` is the only setup; the script then prints the span tree the run
+produced. Afterwards try:
 
     voltline spans tree <rollout id> --url sqlite:///voltline-llamaindex.db
 """
@@ -18,7 +19,7 @@ import sys
 
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.agent.workflow import AgentStream, FunctionAgent
-from llama_index.core.embeddings import MockEmbedding
+from llama_index.core.embeddings import BaseEmbedding
 from llama_index.core.tools import FunctionTool
 from voltline_llamaindex.testing import ScriptedLLM, ToolCalls
 
@@ -26,12 +27,28 @@ import voltline
 
 QUESTION = "How many bolts are in 3 crates?"
 NOTES = ["Each crate of bolts holds 40 bolts.", "Nuts ship in boxes of 100."]
+VOCABULARY = ("bolt", "crate", "nut", "box")
+
+
+class WordCountEmbedding(BaseEmbedding):
+    """How often each VOCABULARY word occurs in the text: offline and deterministic."""
+
+    # MockEmbedding would give every text the same vector, so the top hit would depend on
+    # node order; word counts put the bolts note nearest to a query about bolts.
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return [float(text.lower().count(word)) for word in VOCABULARY]
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._get_text_embedding(query)
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._get_text_embedding(query)
 
 
 def build_agent() -> FunctionAgent:
     index = VectorStoreIndex.from_documents(
         [Document(text=t, id_=f"note-{i}") for i, t in enumerate(NOTES)],
-        embed_model=MockEmbedding(embed_dim=8),
+        embed_model=WordCountEmbedding(),
     )
     retriever = index.as_retriever(similarity_top_k=1)
 
