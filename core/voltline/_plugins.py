@@ -289,7 +289,11 @@ def plugins() -> list[PluginInfo]:
 def instrument(emitter: Any = None) -> list[str]:
     """Install every available integration that is not installed yet; return their names.
 
-    Spans go to ``emitter`` (default: the process-wide one from ``voltline._emitter.get_emitter()``).
+    Each integration's ``install()`` receives ``emitter`` (default: the process-wide one from
+    ``voltline._emitter.get_emitter()``) for its counters: the built-in plugins call
+    ``emitter.count("capture_errors")`` on it (LangChain's also ``"outside_rollout"``). Spans do
+    not go through it: integrations record them with the capture API (``voltline.start_span``,
+    ``SpanHandle.end``, ``voltline.emit_*``), which files them through the process-wide emitter.
     An integration whose ``available()`` or ``install()`` raises is logged and skipped.
     Calling it again is harmless: already-installed integrations are left alone.
     """

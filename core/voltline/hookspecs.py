@@ -53,9 +53,14 @@ class Integration(Protocol):
     ``name`` is unique across all plugins (it is what users see in ``voltline plugins``).
     ``available()`` answers "can this be installed here?": the framework is importable and
     its version is supported. It must not raise for a missing framework, and must not
-    install anything. ``install(emitter)`` hooks the framework globally so its activity is
-    emitted as spans through ``emitter``; ``uninstall()`` undoes exactly that. Voltline calls
-    ``install`` at most once until the matching ``uninstall``.
+    install anything. ``install(emitter)`` hooks the framework globally so that its activity
+    is recorded as spans through the capture API (``voltline.start_span``, ``SpanHandle.end``,
+    ``voltline.emit_*``), which files them through the process-wide emitter. ``emitter`` is
+    the one :func:`voltline.instrument` was given (by default that same process-wide one); it
+    is for counters, not spans: the built-in plugins call ``emitter.count("capture_errors")``
+    when their capture code fails, and LangChain's also ``emitter.count("outside_rollout")``.
+    ``uninstall()`` undoes exactly what ``install`` did. Voltline calls ``install`` at most
+    once until the matching ``uninstall``.
     """
 
     name: str

@@ -7,8 +7,8 @@ no network are needed; point `config_list` at Voltline's proxy or any OpenAI-com
 server instead and nothing else changes. The script prints each rollout's span tree.
 Try afterwards:
 
-    voltline rollouts list --store sqlite:///voltline-ag2.db
-    voltline spans tree <rollout id> --store sqlite:///voltline-ag2.db
+    voltline rollouts list --url sqlite:///voltline-ag2.db
+    voltline spans tree <rollout id> --url sqlite:///voltline-ag2.db
 """
 
 from __future__ import annotations

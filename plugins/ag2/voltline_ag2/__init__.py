@@ -1,4 +1,4 @@
-"""Voltline capture for classic AutoGen (`autogen.ConversableAgent`: ag2 0.x, pyautogen 0.2-0.9).
+"""Voltline capture for classic AutoGen (`autogen.ConversableAgent`, ag2 0.9-0.14).
 
 Installed through the `voltline` entry point `ag2`; `voltline.instrument()` turns it on.
 Tested with ag2 0.14.0.

@@ -38,7 +38,7 @@ SEND_HOOK = "process_message_before_send"
 
 
 class AG2Integration:
-    """Classic AutoGen (`autogen.ConversableAgent`, ag2 0.x / pyautogen 0.2-0.9) capture."""
+    """Classic AutoGen (`autogen.ConversableAgent`, ag2 0.9-0.14) capture."""
 
     name = "ag2"
 
