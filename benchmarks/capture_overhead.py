@@ -18,7 +18,7 @@ read Voltline at +12.9% to +17.2% (150 rounds each), well outside each one's own
 60-round processes with the same hash seed at +9.9% and +14.0%: the machine drifts over minutes.
 Of 40 processes in one run, each process's own ratio ranged from +11.7% to +20.9%, so the default
 takes 16 processes of 20 rounds (on a quiet box about 3 minutes and a 95% interval about 2 points
-wide; on a slow, noisy one about 4 minutes and 6 to 8 points).
+wide; on a slow, noisy one 4 to 5 minutes and 6 to 8 points).
 A mode's ratio to uninstrumented is the median over all rounds of that round's ratio, with a 95%
 interval from a two-level bootstrap (processes resampled, then rounds within them).
 
