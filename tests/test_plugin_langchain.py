@@ -655,6 +655,12 @@ def test_a_failing_converter_loses_only_its_attributes(
         assert s.attributes["gen_ai.tool.name"] in {"add", "multiply"}
         assert not {"gen_ai.tool.call.arguments", "gen_ai.tool.call.result"} & s.attributes.keys()
 
+    with voltline.rollout({"q": "rag"}, store=store) as r:
+        assert Shelf().invoke("the answer")[0].page_content == "the answer is 42"
+    (retriever,) = spans_of(store, r.rollout_id)
+    assert retriever.attributes["retrieval.query"] == "the answer"
+    assert "retrieval.documents" not in retriever.attributes
+
 
 def test_unexpected_payloads_are_counted_not_raised(instrumented: None, store: voltline.Store) -> None:
     handler = VoltlineCallbackHandler()

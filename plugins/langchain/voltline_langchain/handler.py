@@ -27,8 +27,8 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
@@ -45,7 +45,6 @@ from . import _convert
 __all__ = ["VoltlineCallbackHandler"]
 
 log = logging.getLogger("voltline.langchain")
-T = TypeVar("T")
 
 HIDDEN_TAG = "langsmith:hidden"
 CREATE_AGENT = "langchain_create_agent"  # metadata `ls_integration` of langchain.agents.create_agent
@@ -126,14 +125,6 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
             "of this kind are only counted in voltline.emitter_stats()['capture_errors']",
             where, type(exc).__name__, exc, exc_info=True,
         )  # fmt: skip
-
-    def _convert(self, where: str, fn: Callable[[], T]) -> T | None:
-        """Run one payload conversion; on failure the span is still recorded, without it."""
-        try:
-            return fn()
-        except Exception as exc:
-            self._failed(where, exc)
-            return None
 
     def _model_request(
         self,
@@ -512,12 +503,16 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
 
     def on_retriever_end(self, documents: Sequence[Any], *, run_id: UUID, **kwargs: Any) -> None:
         try:
-            docs = self._convert("on_retriever_end", lambda: [
-                {"id": getattr(d, "id", None), "content": getattr(d, "page_content", None),
-                 "metadata": _convert.plain(getattr(d, "metadata", {}))}
-                for d in documents
-            ])  # fmt: skip
-            self._end(run_id, None, None if docs is None else {"retrieval.documents": docs})
+            attrs: dict[str, Any] | None = None
+            try:
+                attrs = {"retrieval.documents": [
+                    {"id": getattr(d, "id", None), "content": getattr(d, "page_content", None),
+                     "metadata": _convert.plain(getattr(d, "metadata", {}))}
+                    for d in documents
+                ]}  # fmt: skip
+            except Exception as exc:  # the span is still recorded, without the documents
+                self._failed("on_retriever_end", exc)
+            self._end(run_id, None, attrs)
         except Exception as exc:  # never into the agent
             self._failed("on_retriever_end", exc)
 
