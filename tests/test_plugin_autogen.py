@@ -8,6 +8,7 @@ transport. Every test asserts the exact span tree the run produced.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import logging
 import os
@@ -770,16 +771,15 @@ def test_plugin_is_discovered_and_checks_the_supported_versions(
     assert info.status == "loaded" and info.distribution == "voltline-autogen"
     assert [(i.name, i.available) for i in info.integrations] == [("autogen", True)]
 
-    import voltline_autogen.plugin as plugin
+    for installed in ({"autogen-agentchat": "0.4.9", "autogen-core": "0.7.5"}, {"autogen-core": "0.7.5"}):
 
-    monkeypatch.setattr(
-        plugin, "supported_versions", lambda: {"autogen-agentchat": "0.4.9", "autogen-core": "0.7.5"}
-    )
-    assert AutoGenIntegration().available() is False
-    monkeypatch.setattr(
-        plugin, "supported_versions", lambda: {"autogen-agentchat": None, "autogen-core": "0.7.5"}
-    )
-    assert AutoGenIntegration().available() is False
+        def version(dist: str, installed: dict[str, str] = installed) -> str:
+            if dist not in installed:
+                raise importlib.metadata.PackageNotFoundError(dist)
+            return installed[dist]
+
+        monkeypatch.setattr(importlib.metadata, "version", version)
+        assert AutoGenIntegration().available() is False
 
 
 # --- the example ---------------------------------------------------------------------------

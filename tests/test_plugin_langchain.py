@@ -8,12 +8,12 @@ it would for a provider model. Assertions are on the exact span trees stored.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import os
 import subprocess
 import sys
 import time
-import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -744,14 +744,8 @@ def test_the_plugin_is_found_through_its_entry_point(
     assert info.status == "loaded" and info.distribution == "voltline-langchain"
     assert info.integrations == (_plugins.IntegrationInfo("langchain", available=True, installed=False),)
     integration = lc_plugin.LangChainIntegration()
-    monkeypatch.setattr(lc_plugin, "version", lambda dist: "2.0.0")
+    monkeypatch.setattr(importlib.metadata, "version", lambda dist: "2.0.0")
     assert integration.available() is False  # a future major release is not claimed
-
-
-def test_declared_version_range_matches_the_runtime_check() -> None:
-    project = tomllib.loads((ROOT / "plugins/langchain/pyproject.toml").read_text())["project"]
-    assert f"langchain-core{lc_plugin.SUPPORTED}" in project["dependencies"]
-    assert project["entry-points"]["voltline"] == {"langchain": "voltline_langchain.plugin"}
 
 
 # the example ---------------------------------------------------------------------------------

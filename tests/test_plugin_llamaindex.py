@@ -9,6 +9,7 @@ VOLTLINE_PLUGINS=llamaindex so no other installed framework plugin is patched in
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import os
 import subprocess
@@ -495,12 +496,13 @@ def test_plugin_is_discovered_through_its_entry_point() -> None:
 
 
 @pytest.mark.parametrize(
-    ("installed", "ok"), [("0.14.0", True), ("0.14.25", True), ("0.13.9", False), ("0.15.0", False)]
+    ("installed", "ok"),
+    [("0.14.0", True), ("0.14.25", True), ("0.13.9", False), ("0.15.0", False), ("0.15.0rc1", False)],
 )
 def test_available_checks_the_supported_version(
     monkeypatch: pytest.MonkeyPatch, installed: str, ok: bool
 ) -> None:
-    monkeypatch.setattr(li_plugin, "version", lambda dist: installed)
+    monkeypatch.setattr(importlib.metadata, "version", lambda dist: installed)
     assert li_plugin.LlamaIndexIntegration().available() is ok
 
 

@@ -7,15 +7,19 @@ same environment are never patched in.
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import logging
+import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import voltline_testdist.plugin as testdist
 from voltline import _plugins
-from voltline.hookspecs import Integration, hookimpl
+from voltline.hookspecs import Integration, hookimpl, installed_in
 
 
 class FakeEmitter:
@@ -189,3 +193,41 @@ def test_instrument_survives_a_manager_rebuild(monkeypatch: pytest.MonkeyPatch) 
     assert _plugins.instrument(FakeEmitter()) == []  # still known as installed
     assert _plugins.uninstrument() == ["testdist"]
     assert [event for event, _ in testdist.calls] == ["install", "uninstall"]
+
+
+# version ranges ------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_installed_in_reads_a_range_as_pyproject_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    versions = {"fw": "0.14.1rc1", "odd": "not a version"}
+
+    def version(dist: str) -> str:
+        if dist not in versions:
+            raise importlib.metadata.PackageNotFoundError(dist)
+        return versions[dist]
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert installed_in("fw", ">=0.14,<0.15")  # a pre-release inside the range counts
+    assert not installed_in("fw", ">=0.15")
+    versions["fw"] = "0.15.0rc1"
+    assert not installed_in("fw", ">=0.14,<0.15")  # a pre-release of the excluded release does not
+    assert not installed_in("odd", ">=0")
+    assert not installed_in("missing", ">=0")
+
+
+@pytest.mark.parametrize(
+    ("folder", "distribution"),
+    [
+        ("langchain", "langchain-core"),
+        ("autogen", None),
+        ("crewai", "crewai"),
+        ("llamaindex", "llama-index-core"),
+    ],
+)
+def test_each_plugin_checks_the_range_its_pyproject_declares(folder: str, distribution: str | None) -> None:
+    project = tomllib.loads((ROOT / "plugins" / folder / "pyproject.toml").read_text())["project"]
+    (module,) = project["entry-points"]["voltline"].values()
+    supported = importlib.import_module(module).SUPPORTED
+    ranges = supported if isinstance(supported, dict) else {distribution: supported}
+    assert {f"{dist}{spec}" for dist, spec in ranges.items()} <= set(project["dependencies"])

@@ -37,6 +37,7 @@ __all__ = [
     "Integration",
     "hookimpl",
     "hookspec",
+    "installed_in",
     "register_algorithms",
     "register_exporters",
     "register_integrations",
@@ -70,6 +71,27 @@ class Integration(Protocol):
     def install(self, emitter: Any) -> None: ...
 
     def uninstall(self) -> None: ...
+
+
+def installed_in(distribution: str, specifier: str) -> bool:
+    """Whether ``distribution`` is installed at a version the PEP 440 ``specifier`` allows.
+
+    The check ``Integration.available()`` makes, written like the plugin's own dependency in
+    its ``pyproject.toml`` (``installed_in("crewai", ">=1.15,<2")``), so the two can be held
+    equal by a test. A pre-release counts when the range allows it (``0.14.1rc1`` is in
+    ``>=0.14,<0.15``; ``0.15.0rc1`` is not). False when the distribution is not installed or
+    its version is not PEP 440.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        found = Version(version(distribution))
+    except (PackageNotFoundError, InvalidVersion):
+        return False
+    return SpecifierSet(specifier).contains(found, prereleases=True)
 
 
 @runtime_checkable

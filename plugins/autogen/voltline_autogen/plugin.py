@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import importlib
 import logging
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from voltline.hookspecs import hookimpl
+from voltline.hookspecs import hookimpl, installed_in
 
 from . import _guard
 
@@ -28,24 +27,8 @@ __all__ = ["SUPPORTED", "AutoGenIntegration", "register_integrations"]
 
 log = logging.getLogger("voltline.autogen")
 
-# distribution -> (lowest supported, first unsupported) as (major, minor)
-SUPPORTED = {"autogen-agentchat": ((0, 7), (0, 8)), "autogen-core": ((0, 7), (0, 8))}
-
-
-def _version_tuple(text: str) -> tuple[int, int]:
-    major, minor = [*text.split("."), "0"][:2]
-    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
-
-
-def supported_versions() -> dict[str, str | None]:
-    """Installed version of each required distribution (None when missing)."""
-    found: dict[str, str | None] = {}
-    for dist in SUPPORTED:
-        try:
-            found[dist] = version(dist)
-        except PackageNotFoundError:
-            found[dist] = None
-    return found
+# distribution -> the versions this plugin supports: its dependencies in pyproject.toml.
+SUPPORTED = {"autogen-agentchat": ">=0.7,<0.8", "autogen-core": ">=0.7,<0.8"}
 
 
 class AutoGenIntegration:
@@ -58,15 +41,8 @@ class AutoGenIntegration:
         self._events: Any = None
 
     def available(self) -> bool:
-        for dist, found in supported_versions().items():
-            low, high = SUPPORTED[dist]
-            if found is None:
-                return False
-            try:
-                if not low <= _version_tuple(found) < high:
-                    return False
-            except ValueError:
-                return False
+        if not all(installed_in(dist, spec) for dist, spec in SUPPORTED.items()):
+            return False
         try:
             importlib.import_module("autogen_agentchat")
             importlib.import_module("autogen_core")

@@ -7,20 +7,14 @@ by ``install()``.
 from __future__ import annotations
 
 import importlib.util
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from voltline.hookspecs import hookimpl
+from voltline.hookspecs import hookimpl, installed_in
 
 __all__ = ["SUPPORTED", "CrewAIIntegration", "register_integrations"]
 
-# crewai >=1.15,<2 (tested: 1.15.30): the `crewai.events` bus with paired, sequenced events.
-SUPPORTED = ((1, 15), (2, 0))
-
-
-def _version_tuple(text: str) -> tuple[int, int]:
-    parts = [*text.split("+")[0].split("."), "0"][:2]
-    return tuple(int("".join(ch for ch in p if ch.isdigit()) or 0) for p in parts)  # type: ignore[return-value]
+# As in pyproject.toml (tested: 1.15.30): the `crewai.events` bus with paired, sequenced events.
+SUPPORTED = ">=1.15,<2"
 
 
 class CrewAIIntegration:
@@ -36,13 +30,7 @@ class CrewAIIntegration:
 
     def available(self) -> bool:
         """CrewAI is importable here and its version is within ``SUPPORTED``."""
-        if importlib.util.find_spec("crewai") is None:
-            return False
-        try:
-            found = _version_tuple(version("crewai"))
-        except (PackageNotFoundError, ValueError):
-            return False
-        return SUPPORTED[0] <= found < SUPPORTED[1]
+        return installed_in("crewai", SUPPORTED) and importlib.util.find_spec("crewai") is not None
 
     def install(self, emitter: Any) -> None:
         from ._flush import KickoffFlush

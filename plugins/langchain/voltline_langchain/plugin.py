@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import logging
 from contextvars import ContextVar
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from voltline.hookspecs import hookimpl
+from voltline.hookspecs import hookimpl, installed_in
 
 __all__ = ["SUPPORTED", "LangChainIntegration", "register_integrations"]
 
@@ -32,13 +31,11 @@ class LangChainIntegration:
         self.handler: Any = None
 
     def available(self) -> bool:
+        if not installed_in("langchain-core", SUPPORTED):
+            return False
         try:
-            from packaging.specifiers import SpecifierSet
-
-            if version("langchain-core") not in SpecifierSet(SUPPORTED):
-                return False
             from langchain_core.tracers import context
-        except (ImportError, PackageNotFoundError):
+        except ImportError:
             return False
         return hasattr(context, "_configure_hooks") and hasattr(context, "register_configure_hook")
 

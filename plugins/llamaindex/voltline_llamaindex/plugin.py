@@ -9,27 +9,16 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from voltline.hookspecs import Integration, hookimpl
+from voltline.hookspecs import Integration, hookimpl, installed_in
 
 __all__ = ["SUPPORTED", "LlamaIndexIntegration", "register_integrations"]
 
 log = logging.getLogger("voltline.llamaindex")
 
-# (distribution, lowest supported, first unsupported): the range this plugin is tested against.
-SUPPORTED = ("llama-index-core", (0, 14), (0, 15))
-
-
-def _release(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split("."):
-        digits = "".join(c for c in piece if c.isdigit()) if piece[:1].isdigit() else ""
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
+# The llama-index-core versions this plugin is tested against: its dependency in pyproject.toml.
+SUPPORTED = ">=0.14,<0.15"
 
 
 class LlamaIndexIntegration:
@@ -42,20 +31,15 @@ class LlamaIndexIntegration:
 
     def available(self) -> bool:
         """llama-index-core is installed, in the supported range (checked without importing it)."""
-        dist, low, high = SUPPORTED
         try:
             if importlib.util.find_spec("llama_index.core") is None:
                 return False
-            installed = _release(version(dist))
-        except (ImportError, PackageNotFoundError, ValueError):
+        except ImportError:  # no llama_index package at all
             return False
-        if not low <= installed < high:
+        if not installed_in("llama-index-core", SUPPORTED):
             log.info(
-                "voltline: %s %s is outside the supported range %s-%s; not instrumenting",
-                dist,
-                ".".join(map(str, installed)),
-                ".".join(map(str, low)),
-                ".".join(map(str, high)),
+                "voltline: llama-index-core is outside the supported range %s; not instrumenting",
+                SUPPORTED,
             )
             return False
         return True
