@@ -53,15 +53,15 @@ class Integration(Protocol):
 
     ``name`` is unique across all plugins (it is what users see in ``voltline plugins``).
     ``available()`` answers "can this be installed here?": the framework is importable and
-    its version is supported. It must not raise for a missing framework, and must not
-    install anything. ``install(emitter)`` hooks the framework globally so that its activity
-    is recorded as spans through the capture API (``voltline.start_span``, ``SpanHandle.end``,
-    ``voltline.emit_*``), which files them through the process-wide emitter. ``emitter`` is
-    the one :func:`voltline.instrument` was given (by default that same process-wide one); it
-    is for counters, not spans: the built-in plugins call ``emitter.count("capture_errors")``
-    when their capture code fails, and LangChain's also ``emitter.count("outside_rollout")``.
-    ``uninstall()`` undoes exactly what ``install`` did. Voltline calls ``install`` at most
-    once until the matching ``uninstall``.
+    its version is supported (:func:`installed_in` checks a version range). It must not raise
+    for a missing framework, and must not install anything. ``install(emitter)`` hooks the
+    framework globally so that its activity is recorded as spans through the capture API
+    (``voltline.start_span``, ``SpanHandle.end``, ``voltline.emit_*``), which files them
+    through the process-wide emitter. ``emitter`` is the one :func:`voltline.instrument` was
+    given (by default that same process-wide one); it is for counters, not spans: the built-in
+    plugins call ``emitter.count("capture_errors")`` when their capture code fails, and
+    LangChain's also ``emitter.count("outside_rollout")``. ``uninstall()`` undoes exactly what
+    ``install`` did. Voltline calls ``install`` at most once until the matching ``uninstall``.
     """
 
     name: str
@@ -82,6 +82,7 @@ def installed_in(distribution: str, specifier: str) -> bool:
     ``>=0.14,<0.15``; ``0.15.0rc1`` is not). False when the distribution is not installed or
     its version is not PEP 440.
     """
+    # Imported here: every plugin imports this module when Voltline loads plugins.
     from importlib.metadata import PackageNotFoundError, version
 
     from packaging.specifiers import SpecifierSet
