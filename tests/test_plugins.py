@@ -227,7 +227,8 @@ def test_installed_in_reads_a_range_as_pyproject_does(monkeypatch: pytest.Monkey
 )
 def test_each_plugin_checks_the_range_its_pyproject_declares(folder: str, distribution: str | None) -> None:
     project = tomllib.loads((ROOT / "plugins" / folder / "pyproject.toml").read_text())["project"]
-    (module,) = project["entry-points"]["voltline"].values()
+    module = f"voltline_{folder}.plugin"
+    assert project["entry-points"]["voltline"] == {folder: module}
     supported = importlib.import_module(module).SUPPORTED
     ranges = supported if isinstance(supported, dict) else {distribution: supported}
     assert {f"{dist}{spec}" for dist, spec in ranges.items()} <= set(project["dependencies"])
