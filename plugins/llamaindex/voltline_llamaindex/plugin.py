@@ -6,6 +6,7 @@ seconds to import) is only imported by `install()`.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
 from collections.abc import Callable
@@ -37,8 +38,13 @@ class LlamaIndexIntegration:
         except ImportError:  # no llama_index package at all
             return False
         if not installed_in("llama-index-core", SUPPORTED):
+            try:
+                found = importlib.metadata.version("llama-index-core")
+            except importlib.metadata.PackageNotFoundError:
+                found = "(no distribution metadata)"
             log.info(
-                "voltline: llama-index-core is outside the supported range %s; not instrumenting",
+                "voltline: llama-index-core %s is outside the supported range %s; not instrumenting",
+                found,
                 SUPPORTED,
             )
             return False
