@@ -532,7 +532,8 @@ def test_a_subagent_called_from_a_tool_names_its_own_spans(instrumented: None, s
     with voltline.rollout({"q": "team"}, store=store) as r:
         result = planner.invoke(QUESTION)
     assert final_text(result) == "coder says 4"
-    assert outline(spans_of(store, r.rollout_id)) == [
+    spans = spans_of(store, r.rollout_id)
+    assert outline(spans) == [
         "agent invoke_agent planner [planner]",
         "  chain model [planner]",
         "    llm chat scripted-model [planner]",
@@ -547,6 +548,22 @@ def test_a_subagent_called_from_a_tool_names_its_own_spans(instrumented: None, s
         "          llm chat scripted-model [coder]",
         "  chain model [planner]",
         "    llm chat scripted-model [planner]",
+    ]
+    # The coder runs inside the planner's tools node and inherits its LangGraph metadata, but it is
+    # not that node: only node spans carry it, each graph with its own steps.
+    (coder_span,) = [s for s in spans if s.name == "invoke_agent coder"]
+    assert not {"langgraph.node", "langgraph.step"} & coder_span.attributes.keys()
+    nodes = [
+        (s.agent_name, s.attributes["langgraph.node"], s.attributes["langgraph.step"])
+        for s in by_kind(spans, "chain")
+    ]
+    assert nodes == [
+        ("planner", "model", 1),
+        ("planner", "tools", 2),
+        ("coder", "model", 1),
+        ("coder", "tools", 2),
+        ("coder", "model", 3),
+        ("planner", "model", 3),
     ]
     for agent, usage in (("planner", [1, 2]), ("coder", [4, 8])):
         calls = store.query_spans(rollout_id=r.rollout_id, kind="llm", agent_name=agent)

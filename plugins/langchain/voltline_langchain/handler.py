@@ -299,8 +299,10 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         try:
             name = kwargs.get("name") or _serialized_name(serialized) or "chain"
             attributes: dict[str, Any] = {}
-            if metadata and "langgraph_node" in metadata:
-                attributes["langgraph.node"] = metadata["langgraph_node"]
+            # Runs inside a node (a subagent called from a tool, too) inherit the node's metadata;
+            # only the node's own run is named after it.
+            if metadata and metadata.get("langgraph_node") == name:
+                attributes["langgraph.node"] = name
                 attributes["langgraph.step"] = metadata.get("langgraph_step")
             run = self._start(run_id, parent_run_id, name, "chain", attributes, tags, metadata)
             # Inputs only on top-level runs: a LangGraph node's input is the whole growing state,
