@@ -663,20 +663,11 @@ def test_capture_failure_never_changes_the_agent_and_is_logged_once(
 
     assert outcome(first) == outcome(second) == outcome(baseline)
     assert voltline.emitter_stats()["capture_errors"] - before == 6  # 3 model calls per run
-    logged = [r for r in caplog.records if "start_llm_span failed" in r.getMessage()]
+    logged = [r for r in caplog.records if "llm input messages failed" in r.getMessage()]
     assert len(logged) == 1 and logged[0].exc_info is not None
-    # The failing model-call spans are lost; everything else is still recorded.
-    assert tree(spans) == [
-        (
-            "agent",
-            "invoke_agent calc",
-            "calc",
-            [
-                ("tool", "execute_tool add", "calc", []),
-                ("tool", "execute_tool multiply", "calc", []),
-            ],
-        ),
-    ]
+    # Only the messages are lost: every model-call span is still recorded.
+    assert tree(spans) == CALC_TREE
+    assert not [s for s in spans if "gen_ai.input.messages" in s.attributes and s.kind == "llm"]
 
 
 def test_capture_failure_at_span_end_keeps_the_stream_and_exception_unchanged(
@@ -694,6 +685,67 @@ def test_capture_failure_at_span_end_keeps_the_stream_and_exception_unchanged(
     with pytest.raises(ValueError, match="No more mock responses available"):
         with voltline.rollout("task", store=store):
             asyncio.run(calc_agent(script=[]).run(task="hi"))
+
+
+# Every attribute a `_convert` function produces.
+CONVERTED = {
+    "gen_ai.input.messages",
+    "gen_ai.output.messages",
+    "gen_ai.tool.definitions",
+    "gen_ai.tool.call.arguments",
+    "gen_ai.tool.call.result",
+}
+
+
+def test_a_failing_converter_loses_only_its_attributes(
+    instrumented: None, store: voltline.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def streamed() -> Any:  # on_messages_stream rather than run()'s on_messages
+        return [item async for item in calc_agent().run_stream(task="What is (2+3)*4?")][-1]
+
+    def three_runs() -> list[tuple[Any, list[voltline.Span]]]:
+        """An agent's run() and run_stream(), and a team's run(), as (outcome, spans)."""
+        runs = [
+            run_in_rollout(store, lambda: calc_agent().run(task="What is (2+3)*4?")),
+            run_in_rollout(store, streamed),
+            run_in_rollout(store, lambda: make_team().run(task="what is 2+3?")),
+        ]
+        return [(outcome(result), spans) for result, spans in runs]
+
+    def in_start_order(spans: list[voltline.Span]) -> list[voltline.Span]:
+        return sorted(spans, key=lambda s: (s.start_time, s.sequence))
+
+    expected = three_runs()
+
+    def broken(*args: Any) -> Any:
+        raise TypeError("a payload a newer AutoGen changed")
+
+    # Every payload conversion fails: model inputs, tool definitions and outputs, tool arguments
+    # and results, agent and team messages.
+    for name in convert.__all__:
+        monkeypatch.setattr(convert, name, broken)
+    errors_before = voltline.emitter_stats()["capture_errors"]
+    got = three_runs()
+    assert voltline.emitter_stats()["capture_errors"] > errors_before
+
+    assert [result for result, _ in got] == [result for result, _ in expected]
+    for (_, spans), (_, reference), shape in zip(
+        got, expected, [CALC_TREE, CALC_TREE, TEAM_TREE], strict=True
+    ):
+        assert tree(spans) == tree(reference) == shape  # no span lost or left open, no parent link lost
+        assert all(s.status == "ok" for s in spans)
+        for span, normal in zip(in_start_order(spans), in_start_order(reference), strict=True):
+            lost = CONVERTED
+            if normal.attributes.get("autogen.team"):
+                lost = CONVERTED - {"gen_ai.input.messages"}  # a string task needs no converter
+            assert span.attributes == {k: v for k, v in normal.attributes.items() if k not in lost}, span.name
+    # Each of them was in the normal run: the comparison above really saw it lost.
+    assert CONVERTED.issubset(key for _, spans in expected for s in spans for key in s.attributes)
+    calc = got[0][1]
+    llm = one(calc, "chat replay").attributes
+    assert llm["gen_ai.provider.name"] == "replay" and llm["gen_ai.usage.output_tokens"] == 7
+    assert one(calc, "execute_tool add").attributes["gen_ai.tool.call.id"] == "c1"
+    assert one(got[2][1], "invoke_agent RoundRobinGroupChat").attributes["autogen.messages"] == 5
 
 
 def _framework_state() -> dict[str, Any]:

@@ -65,10 +65,13 @@ def _response_output(response: Any) -> dict[str, Any]:
     message = getattr(response, "chat_message", None)
     if message is None:
         return {}
-    return {
-        "gen_ai.output.messages": _convert.chat_messages([message]),
-        "autogen.inner_messages": len(getattr(response, "inner_messages", None) or ()),
-    }
+    output: dict[str, Any] = {}
+    try:
+        output["gen_ai.output.messages"] = _convert.chat_messages([message])
+    except Exception:  # the span still ends, without its output: an unended one is never recorded
+        capture_failed("agent output")
+    output["autogen.inner_messages"] = len(getattr(response, "inner_messages", None) or ())
+    return output
 
 
 @contextmanager
@@ -170,13 +173,15 @@ def wrap_team_method(name: str, original: Any) -> Any:
 
         def on_item(item: Any) -> None:
             if type(item).__name__ == "TaskResult":
-                state["output"] = {
-                    "autogen.stop_reason": item.stop_reason,
-                    "gen_ai.output.messages": _convert.chat_messages(
+                output: dict[str, Any] = {"autogen.stop_reason": item.stop_reason}
+                try:
+                    output["gen_ai.output.messages"] = _convert.chat_messages(
                         [m for m in item.messages if hasattr(m, "to_text") and hasattr(m, "source")][-1:]
-                    ),
-                    "autogen.messages": len(item.messages),
-                }
+                    )
+                except Exception:  # the stop reason and message count are still recorded
+                    capture_failed("team output")
+                output["autogen.messages"] = len(item.messages)
+                state["output"] = output
 
         def on_end(error: BaseException | None) -> None:
             _end(state["handle"], error, state["output"])

@@ -17,7 +17,9 @@ __all__ = [
     "llm_messages",
     "output_messages",
     "parse_arguments",
+    "tool_arguments",
     "tool_definitions",
+    "tool_result",
 ]
 
 _ROLES = {
@@ -114,3 +116,13 @@ def tool_definitions(tools: Sequence[Any]) -> list[dict[str, Any]]:
         if isinstance(schema, dict):
             out.append({"type": "function", **schema})
     return out
+
+
+def tool_arguments(args: Any) -> Any:
+    """The arguments AutoGen passes to a tool's `run_json` (a mapping) as a plain dict."""
+    return dict(args) if hasattr(args, "keys") else args
+
+
+def tool_result(tool: Any, result: Any) -> str:
+    """A tool's return value as the text the model will see, as AutoGen itself renders it."""
+    return tool.return_value_as_string(result)

@@ -86,22 +86,28 @@ def start_llm_span(
     try:
         model = _model(client)
         provider = _provider(client)
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": provider,
-            "gen_ai.input.messages": _convert.llm_messages(messages),
-            "gen_ai.request.stream": stream,
-            "autogen.model_client": type(client).__qualname__,
-        }
+        attributes: dict[str, Any] = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider}
+        try:
+            attributes["gen_ai.input.messages"] = _convert.llm_messages(messages)
+        except Exception:  # the span is still recorded, without its input
+            capture_failed("llm input messages")
+        attributes["gen_ai.request.stream"] = stream
+        attributes["autogen.model_client"] = type(client).__qualname__
         if model:
             attributes["gen_ai.request.model"] = model
-        request = {**_create_args(client), **dict(kwargs.get("extra_create_args") or {})}
-        for arg in _REQUEST_ARGS:
-            if isinstance(request.get(arg), int | float):
-                attributes[f"gen_ai.request.{arg}"] = request[arg]
+        try:
+            request = {**_create_args(client), **dict(kwargs.get("extra_create_args") or {})}
+            for arg in _REQUEST_ARGS:
+                if isinstance(request.get(arg), int | float):
+                    attributes[f"gen_ai.request.{arg}"] = request[arg]
+        except Exception:  # the span is still recorded, without the request parameters
+            capture_failed("llm request parameters")
         tools = kwargs.get("tools") or ()
         if tools:
-            attributes["gen_ai.tool.definitions"] = _convert.tool_definitions(tools)
+            try:
+                attributes["gen_ai.tool.definitions"] = _convert.tool_definitions(tools)
+            except Exception:  # the span is still recorded, without them
+                capture_failed("llm tool definitions")
         tool_choice = kwargs.get("tool_choice")
         if isinstance(tool_choice, str) and tool_choice != "auto":
             attributes["autogen.tool_choice"] = tool_choice
@@ -127,16 +133,30 @@ def end_llm_span(
     try:
         attributes: dict[str, Any] = {}
         if result is not None:
-            attributes["gen_ai.output.messages"] = _convert.output_messages(result)
-            attributes["gen_ai.response.finish_reasons"] = [result.finish_reason]
-            usage = getattr(result, "usage", None)
-            if usage is not None:
-                attributes["gen_ai.usage.input_tokens"] = usage.prompt_tokens
-                attributes["gen_ai.usage.output_tokens"] = usage.completion_tokens
+            # Each read of the result on its own: one a newer AutoGen changed must neither take the
+            # others with it nor stop the span from ending (an unended span is never recorded).
+            try:
+                attributes["gen_ai.output.messages"] = _convert.output_messages(result)
+            except Exception:
+                capture_failed("llm output messages")
+            try:
+                attributes["gen_ai.response.finish_reasons"] = [result.finish_reason]
+            except Exception:
+                capture_failed("llm finish reason")
+            try:
+                usage = getattr(result, "usage", None)
+                if usage is not None:
+                    attributes["gen_ai.usage.input_tokens"] = usage.prompt_tokens
+                    attributes["gen_ai.usage.output_tokens"] = usage.completion_tokens
+            except Exception:
+                capture_failed("llm usage")
             attributes["autogen.cached"] = bool(getattr(result, "cached", False))
-            logprobs = getattr(result, "logprobs", None)
-            if logprobs and "response_logprobs" not in handle.attributes:
-                attributes["response_logprobs"] = [float(lp.logprob) for lp in logprobs]
+            try:
+                logprobs = getattr(result, "logprobs", None)
+                if logprobs and "response_logprobs" not in handle.attributes:
+                    attributes["response_logprobs"] = [float(lp.logprob) for lp in logprobs]
+            except Exception:
+                capture_failed("llm logprobs")
         if first_chunk_at is not None:
             attributes["gen_ai.response.time_to_first_chunk"] = first_chunk_at - handle.start_time
         if error is not None:

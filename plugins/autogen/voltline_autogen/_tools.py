@@ -15,6 +15,7 @@ from typing import Any
 
 import voltline
 
+from . import _convert
 from ._guard import capture_failed
 from ._stream import proxy_agen, recording
 
@@ -28,8 +29,11 @@ def _start(tool: Any, args: Any, call_id: str | None) -> voltline.SpanHandle | N
             "gen_ai.operation.name": "execute_tool",
             "gen_ai.tool.name": name,
             "gen_ai.tool.type": "function",
-            "gen_ai.tool.call.arguments": dict(args) if hasattr(args, "keys") else args,
         }
+        try:
+            attributes["gen_ai.tool.call.arguments"] = _convert.tool_arguments(args)
+        except Exception:  # the span is still recorded (and still the parent of an agent used as a tool)
+            capture_failed("tool arguments")
         if call_id is not None:
             attributes["gen_ai.tool.call.id"] = call_id
         description = getattr(tool, "description", None)
@@ -49,8 +53,10 @@ def _end(tool: Any, handle: voltline.SpanHandle | None, result: Any, error: Base
         if error is not None:
             attributes["error.type"] = type(error).__qualname__
         else:
-            # The text the model will see, as AutoGen itself renders it.
-            attributes["gen_ai.tool.call.result"] = tool.return_value_as_string(result)
+            try:
+                attributes["gen_ai.tool.call.result"] = _convert.tool_result(tool, result)
+            except Exception:  # the span still ends, without its result: an unended one is never recorded
+                capture_failed("tool result")
         handle.end(error=error, attributes=attributes)
     except Exception:
         capture_failed("end tool span")
