@@ -31,6 +31,8 @@ for _var, _value in OFFLINE.items():
 
 crewai = pytest.importorskip("crewai")  # the optional framework; CI has it installed
 
+import voltline_crewai._attributes as attributes_module  # noqa: E402
+import voltline_crewai._tracker as tracker_module  # noqa: E402
 import voltline_crewai.listener as listener_module  # noqa: E402
 from _plugin_env import only_plugins  # noqa: E402
 from crewai import Agent, Crew, Task  # noqa: E402
@@ -428,7 +430,7 @@ def test_capture_bug_is_logged_once_counted_and_harmless(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    def newer_payload(event: Any, source: Any) -> Any:
+    def newer_payload(event: Any, source: Any, failed: Any) -> Any:
         raise KeyError("a field this plugin has never seen")
 
     monkeypatch.setattr(listener_module, "start_spec", newer_payload)
@@ -445,6 +447,62 @@ def test_capture_bug_is_logged_once_counted_and_harmless(
     assert len(logged) == len({rec.getMessage() for rec in logged}) < errors
     assert sum("LLMCallStartedEvent" in rec.getMessage() for rec in logged) == 1  # 4 calls, 1 line
     assert spans_of(store, r, kind=["llm", "tool", "agent", "chain"]) == []
+
+
+# What each kind of span loses when every payload conversion fails; everything else stays.
+UNCONVERTIBLE = {
+    "chain": {"crewai.crew.inputs", "crewai.crew.output", "crewai.task.output"},
+    "agent": {"crewai.agent.tools", "crewai.agent.output"},
+    "llm": {"gen_ai.provider.name", "gen_ai.input.messages", "gen_ai.tool.definitions",
+            "gen_ai.output.messages", "crewai.llm.call_type", "gen_ai.usage.input_tokens",
+            "gen_ai.usage.output_tokens"},
+    # the call id comes from the completion's tool calls, which could not be read either
+    "tool": {"gen_ai.tool.call.arguments", "gen_ai.tool.call.result", "gen_ai.tool.call.id"},
+}  # fmt: skip
+CONVERTERS = ("_plain", "_tool_names", "_tool_definitions", "_args", "_output_messages", "_usage",
+              "_output", "_error_text")  # fmt: skip
+
+
+def test_a_failing_converter_loses_only_its_attributes(
+    instrumented: None, store: voltline.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crew, _ = make_crew()
+    with voltline.rollout("ref", store=store) as ref:
+        expected = crew.kickoff()
+
+    def broken(*args: Any) -> Any:
+        raise TypeError("a payload a newer CrewAI changed")
+
+    for name in CONVERTERS:
+        monkeypatch.setattr(attributes_module, name, broken)
+    monkeypatch.setattr(tracker_module, "tool_calls_of", broken)
+    errors_before = get_emitter().stats()["capture_errors"]
+    crew, _ = make_crew()
+    with voltline.rollout("broken", store=store) as r:
+        out = crew.kickoff()
+    assert out.raw == expected.raw
+    assert [t.raw for t in out.tasks_output] == [t.raw for t in expected.tasks_output]
+    assert out.tasks_output[0].messages == expected.tasks_output[0].messages
+    assert get_emitter().stats()["capture_errors"] > errors_before
+
+    spans, ref_spans = spans_of(store, r), spans_of(store, ref)
+    assert tree(spans) == tree(ref_spans) == EXPECTED_TREE  # no span lost, none left open
+    lost: set[str] = set()
+    for name in {s.name for s in ref_spans}:
+        for s, reference in zip(by_name(spans, name), by_name(ref_spans, name), strict=True):
+            assert s.attributes.keys() == reference.attributes.keys() - UNCONVERTIBLE[s.kind], name
+            assert s.status == reference.status
+            lost |= reference.attributes.keys() - s.attributes.keys()
+    assert lost == set().union(*UNCONVERTIBLE.values()) - {"crewai.crew.inputs"}  # kickoff() had none
+    llm = by_name(spans, "chat scripted-math")[0]
+    assert llm.attributes["gen_ai.request.model"] == "scripted-math"
+    assert llm.attributes["gen_ai.response.id"] == "chatcmpl-scripted-1"
+    assert llm.attributes["gen_ai.response.finish_reasons"] == ["tool_calls"]
+    [divide_span] = by_name(spans, "execute_tool divide")
+    assert divide_span.attributes["gen_ai.tool.name"] == "divide"
+    assert divide_span.attributes["error.type"] == "ZeroDivisionError"
+    # Its error text could not be read: still an error span, with the text used when there is none.
+    assert divide_span.attributes["exception.message"] == "failed"
 
 
 # --- uninstrument and the explicit form -------------------------------------------------

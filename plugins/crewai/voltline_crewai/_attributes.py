@@ -1,7 +1,9 @@
 """CrewAI events -> span kind, name and attributes (OpenTelemetry GenAI names where one exists).
 
 Everything here reads events duck-typed (``getattr`` with defaults), so a field renamed
-in a newer CrewAI degrades to a missing attribute instead of a failed capture. These
+in a newer CrewAI degrades to a missing attribute instead of a failed capture; and each
+conversion of a value sits in its own ``try``, so a value shaped in a way these converters
+do not expect costs only that attribute, not the span. These
 functions run on CrewAI's handler threads, right when the event arrives, and copy what
 they need into plain values, so no framework object is kept alive by a span.
 """
@@ -9,6 +11,7 @@ they need into plain values, so no framework object is kept alive by a span.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,16 +94,6 @@ def _tool_definitions(tools: Any) -> list[Any] | None:
     return [_plain(t) for t in tools]
 
 
-def _agent_attrs(agent: Any) -> dict[str, Any]:
-    role = getattr(agent, "role", None)
-    return {
-        "gen_ai.operation.name": "invoke_agent",
-        "gen_ai.agent.name": role,
-        "gen_ai.agent.id": str(agent.id) if getattr(agent, "id", None) is not None else None,
-        "crewai.agent.goal": getattr(agent, "goal", None),
-    }
-
-
 def _output_messages(response: Any) -> list[dict[str, Any]]:
     """A completion as one assistant message: text, or the tool calls it asked for."""
     if isinstance(response, list) and response and all(isinstance(c, dict) for c in response):
@@ -153,99 +146,115 @@ def _args(value: Any) -> Any:
     return _plain(value)
 
 
-def start_spec(event: Any, source: Any) -> StartSpec:
-    """The span a scope-starting event opens (kind None: none of its own)."""
+def start_spec(event: Any, source: Any, failed: Callable[[str], None]) -> StartSpec:
+    """The span a scope-starting event opens (kind None: none of its own).
+
+    Each conversion of a payload value is guarded on its own, so a value a newer CrewAI
+    shapes differently costs only its attribute, not the span (and with it every span
+    under it). ``failed(where)`` reports such a failure; it is called inside the except block.
+    """
     etype = getattr(event, "type", "")
+    attrs: dict[str, Any]
     if etype == "crew_kickoff_started":
         name = getattr(event, "crew_name", None) or "crew"
-        return StartSpec(
-            "chain",
-            f"crew {name}",
-            _drop_none(
-                {"crewai.crew.name": name, "crewai.crew.inputs": _plain(getattr(event, "inputs", None))}
-            ),
-        )
+        attrs = {"crewai.crew.name": name}
+        try:
+            attrs["crewai.crew.inputs"] = _plain(getattr(event, "inputs", None))
+        except Exception:
+            failed(f"{etype}: converting crewai.crew.inputs")
+        return StartSpec("chain", f"crew {name}", _drop_none(attrs))
     if etype == "task_started":
         task = getattr(event, "task", None)
         name = getattr(event, "task_name", None) or getattr(task, "name", None) or "task"
         agent = getattr(task, "agent", None)
-        return StartSpec(
-            "chain",
-            f"task {name}",
-            _drop_none(
-                {
-                    "crewai.task.id": getattr(event, "task_id", None) or _plain(getattr(task, "id", None)),
-                    "crewai.task.name": name,
-                    "crewai.task.description": getattr(task, "description", None),
-                    "crewai.task.expected_output": getattr(task, "expected_output", None),
-                    "crewai.task.agent": getattr(agent, "role", None),
-                    "crewai.task.context": getattr(event, "context", None),
-                }
-            ),
+        attrs = {}
+        try:
+            attrs["crewai.task.id"] = getattr(event, "task_id", None) or _plain(getattr(task, "id", None))
+        except Exception:
+            failed(f"{etype}: converting crewai.task.id")
+        attrs.update(
+            {
+                "crewai.task.name": name,
+                "crewai.task.description": getattr(task, "description", None),
+                "crewai.task.expected_output": getattr(task, "expected_output", None),
+                "crewai.task.agent": getattr(agent, "role", None),
+                "crewai.task.context": getattr(event, "context", None),
+            }
         )
+        return StartSpec("chain", f"task {name}", _drop_none(attrs))
     if etype == "agent_execution_started":
         agent = getattr(event, "agent", None)
         role = getattr(agent, "role", None) or "agent"
-        attrs = _agent_attrs(agent)
-        attrs["gen_ai.agent.name"] = role
-        attrs["crewai.agent.tools"] = _tool_names(getattr(event, "tools", None))
+        attrs = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": role}
+        try:
+            attrs["gen_ai.agent.id"] = str(agent.id) if getattr(agent, "id", None) is not None else None
+        except Exception:
+            failed(f"{etype}: converting gen_ai.agent.id")
+        attrs["crewai.agent.goal"] = getattr(agent, "goal", None)
+        try:
+            attrs["crewai.agent.tools"] = _tool_names(getattr(event, "tools", None))
+        except Exception:
+            failed(f"{etype}: converting crewai.agent.tools")
         attrs["crewai.task.prompt"] = getattr(event, "task_prompt", None)
         return StartSpec("agent", role, _drop_none(attrs), agent_name=role)
     if etype == "lite_agent_execution_started":
         info = getattr(event, "agent_info", None) or {}
         role = str(info.get("role") or "agent")
-        return StartSpec(
-            "agent",
-            role,
-            _drop_none(
-                {
-                    "gen_ai.operation.name": "invoke_agent",
-                    "gen_ai.agent.name": role,
-                    "gen_ai.agent.id": _plain(info.get("id")),
-                    "crewai.agent.goal": info.get("goal"),
-                    "crewai.agent.tools": _tool_names(getattr(event, "tools", None)),
-                    "gen_ai.input.messages": _plain(getattr(event, "messages", None)),
-                }
-            ),
-            agent_name=role,
-        )
+        attrs = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": role}
+        try:
+            attrs["gen_ai.agent.id"] = _plain(info.get("id"))
+        except Exception:
+            failed(f"{etype}: converting gen_ai.agent.id")
+        attrs["crewai.agent.goal"] = info.get("goal")
+        try:
+            attrs["crewai.agent.tools"] = _tool_names(getattr(event, "tools", None))
+        except Exception:
+            failed(f"{etype}: converting crewai.agent.tools")
+        try:
+            attrs["gen_ai.input.messages"] = _plain(getattr(event, "messages", None))
+        except Exception:
+            failed(f"{etype}: converting gen_ai.input.messages")
+        return StartSpec("agent", role, _drop_none(attrs), agent_name=role)
     if etype == "llm_call_started":
         model = getattr(event, "model", None) or getattr(source, "model", None) or "unknown"
+        attrs = {"gen_ai.operation.name": "chat"}
+        try:
+            attrs["gen_ai.provider.name"] = _plain(getattr(source, "provider", None))
+        except Exception:
+            failed(f"{etype}: converting gen_ai.provider.name")
+        attrs["gen_ai.request.model"] = model
+        try:
+            attrs["gen_ai.input.messages"] = _plain(getattr(event, "messages", None))
+        except Exception:
+            failed(f"{etype}: converting gen_ai.input.messages")
+        try:
+            attrs["gen_ai.tool.definitions"] = _tool_definitions(getattr(event, "tools", None))
+        except Exception:
+            failed(f"{etype}: converting gen_ai.tool.definitions")
+        attrs.update(
+            {
+                "gen_ai.request.temperature": getattr(event, "temperature", None),
+                "gen_ai.request.top_p": getattr(event, "top_p", None),
+                "gen_ai.request.max_tokens": getattr(event, "max_tokens", None),
+                "gen_ai.request.seed": getattr(event, "seed", None),
+                "gen_ai.request.stop_sequences": getattr(event, "stop_sequences", None),
+                "gen_ai.request.stream": getattr(event, "stream", None),
+                "crewai.llm.call_id": getattr(event, "call_id", None),
+            }
+        )
         return StartSpec(
-            "llm",
-            f"chat {model}",
-            _drop_none(
-                {
-                    "gen_ai.operation.name": "chat",
-                    "gen_ai.provider.name": _plain(getattr(source, "provider", None)),
-                    "gen_ai.request.model": model,
-                    "gen_ai.input.messages": _plain(getattr(event, "messages", None)),
-                    "gen_ai.tool.definitions": _tool_definitions(getattr(event, "tools", None)),
-                    "gen_ai.request.temperature": getattr(event, "temperature", None),
-                    "gen_ai.request.top_p": getattr(event, "top_p", None),
-                    "gen_ai.request.max_tokens": getattr(event, "max_tokens", None),
-                    "gen_ai.request.seed": getattr(event, "seed", None),
-                    "gen_ai.request.stop_sequences": getattr(event, "stop_sequences", None),
-                    "gen_ai.request.stream": getattr(event, "stream", None),
-                    "crewai.llm.call_id": getattr(event, "call_id", None),
-                }
-            ),
-            agent_name=getattr(event, "agent_role", None),
+            "llm", f"chat {model}", _drop_none(attrs), agent_name=getattr(event, "agent_role", None)
         )
     if etype in TOOL_SCOPES:
         name = str(getattr(event, "tool_name", None) or "tool")
+        attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name}
+        try:
+            attrs["gen_ai.tool.call.arguments"] = _args(getattr(event, "tool_args", None))
+        except Exception:
+            failed(f"{etype}: converting gen_ai.tool.call.arguments")
+        attrs["crewai.tool.run_attempts"] = getattr(event, "run_attempts", None)
         return StartSpec(
-            "tool",
-            f"execute_tool {name}",
-            _drop_none(
-                {
-                    "gen_ai.operation.name": "execute_tool",
-                    "gen_ai.tool.name": name,
-                    "gen_ai.tool.call.arguments": _args(getattr(event, "tool_args", None)),
-                    "crewai.tool.run_attempts": getattr(event, "run_attempts", None),
-                }
-            ),
-            agent_name=getattr(event, "agent_role", None),
+            "tool", f"execute_tool {name}", _drop_none(attrs), agent_name=getattr(event, "agent_role", None)
         )
     if etype in FLOW_SCOPES:
         name = getattr(event, "method_name", None) or getattr(event, "flow_name", None) or "flow"
@@ -263,46 +272,73 @@ def _error_text(event: Any) -> str:
     return str(error) if error is not None else "failed"
 
 
-def end_spec(event: Any) -> EndSpec:
-    """What a scope-ending event adds to (and says about) the span it closes."""
+def end_spec(event: Any, failed: Callable[[str], None]) -> EndSpec:
+    """What a scope-ending event adds to (and says about) the span it closes.
+
+    As in `start_spec`, each conversion is guarded on its own: a failure costs only its
+    attribute(s), and the span still ends (an unended span would never be recorded).
+    """
     etype = getattr(event, "type", "")
+    attrs: dict[str, Any] = {}
     if etype == "llm_call_completed":
-        response = getattr(event, "response", None)
+        try:
+            attrs["gen_ai.output.messages"] = _output_messages(getattr(event, "response", None))
+        except Exception:
+            failed(f"{etype}: converting gen_ai.output.messages")
         finish = getattr(event, "finish_reason", None)
-        attrs = {
-            "gen_ai.output.messages": _output_messages(response),
-            "gen_ai.response.id": getattr(event, "response_id", None),
-            "gen_ai.response.model": getattr(event, "model", None),
-            "gen_ai.response.finish_reasons": [finish] if finish else None,
-            "crewai.llm.call_type": _plain(getattr(getattr(event, "call_type", None), "value", None)),
-            **_usage(getattr(event, "usage", None)),
-        }
+        attrs["gen_ai.response.id"] = getattr(event, "response_id", None)
+        attrs["gen_ai.response.model"] = getattr(event, "model", None)
+        attrs["gen_ai.response.finish_reasons"] = [finish] if finish else None
+        try:
+            attrs["crewai.llm.call_type"] = _plain(getattr(getattr(event, "call_type", None), "value", None))
+        except Exception:
+            failed(f"{etype}: converting crewai.llm.call_type")
+        try:
+            attrs.update(_usage(getattr(event, "usage", None)))
+        except Exception:
+            failed(f"{etype}: converting gen_ai.usage")
         return EndSpec(_drop_none(attrs))
     if etype == "tool_usage_finished":
+        try:
+            attrs["gen_ai.tool.call.result"] = _plain(getattr(event, "output", None))
+        except Exception:
+            failed(f"{etype}: converting gen_ai.tool.call.result")
+        attrs["crewai.tool.from_cache"] = getattr(event, "from_cache", None)
         failure = getattr(event, "failure", None)
-        attrs = {
-            "gen_ai.tool.call.result": _plain(getattr(event, "output", None)),
-            "crewai.tool.from_cache": getattr(event, "from_cache", None),
-        }
         if failure is not None:  # the tool returned, but reported that it did not do the work
-            attrs["crewai.tool.failure"] = _plain(getattr(failure, "message", failure))
+            try:
+                attrs["crewai.tool.failure"] = _plain(getattr(failure, "message", failure))
+            except Exception:
+                failed(f"{etype}: converting crewai.tool.failure")
         return EndSpec(_drop_none(attrs))
     if etype in ("agent_execution_completed", "lite_agent_execution_completed"):
-        return EndSpec(_drop_none({"crewai.agent.output": _output(getattr(event, "output", None))}))
+        try:
+            attrs["crewai.agent.output"] = _output(getattr(event, "output", None))
+        except Exception:
+            failed(f"{etype}: converting crewai.agent.output")
+        return EndSpec(_drop_none(attrs))
     if etype == "task_completed":
-        return EndSpec(_drop_none({"crewai.task.output": _output(getattr(event, "output", None))}))
+        try:
+            attrs["crewai.task.output"] = _output(getattr(event, "output", None))
+        except Exception:
+            failed(f"{etype}: converting crewai.task.output")
+        return EndSpec(_drop_none(attrs))
     if etype == "crew_kickoff_completed":
-        return EndSpec(
-            _drop_none(
-                {
-                    "crewai.crew.output": _output(getattr(event, "output", None)),
-                    "crewai.crew.total_tokens": getattr(event, "total_tokens", None),
-                }
-            )
-        )
+        try:
+            attrs["crewai.crew.output"] = _output(getattr(event, "output", None))
+        except Exception:
+            failed(f"{etype}: converting crewai.crew.output")
+        attrs["crewai.crew.total_tokens"] = getattr(event, "total_tokens", None)
+        return EndSpec(_drop_none(attrs))
     if etype.endswith(("_failed", "_error", "_canceled")):
         error = getattr(event, "error", None)
         # CrewAI hands tool errors over as the exception itself, most others as text.
-        attrs = {"error.type": type(error).__qualname__} if isinstance(error, BaseException) else {}
-        return EndSpec(attrs, error=_error_text(event))
+        if isinstance(error, BaseException):
+            attrs["error.type"] = type(error).__qualname__
+        try:
+            text = _error_text(event)
+        except Exception:
+            failed(f"{etype}: converting the error message")
+            text = "failed"  # still an error span, with the text used when an event carries none
+        return EndSpec(attrs, error=text)
     return EndSpec({})

@@ -199,7 +199,10 @@ class SpanTracker:
                     {"role": "assistant", "content": "".join(chunks)}
                 ]
         if r.etype == "llm_call_completed":
-            self._remember_tool_calls(r)
+            try:
+                self._remember_tool_calls(r)
+            except Exception:  # the span still ends; only its tools go without call ids
+                self._on_error("reading the tool calls of llm_call_completed")
         handle.end(
             status="error" if spec.error else "ok",
             error=spec.error,

@@ -172,7 +172,7 @@ class VoltlineListener(BaseEventListener):
             return Record(
                 kind="start",
                 parent_id=event.parent_event_id,
-                payload=start_spec(event, source),
+                payload=start_spec(event, source, self._failed),
                 rollout=voltline.current_rollout(),
                 current=voltline.current_span(),
                 extra=extra,
@@ -185,7 +185,11 @@ class VoltlineListener(BaseEventListener):
                 "response": getattr(event, "response", None),
             }
             return Record(
-                kind="end", parent_id=event.started_event_id, payload=end_spec(event), extra=extra, **common
+                kind="end",
+                parent_id=event.started_event_id,
+                payload=end_spec(event, self._failed),
+                extra=extra,
+                **common,
             )
         return None
 
