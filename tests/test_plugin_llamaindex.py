@@ -38,6 +38,7 @@ from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.instrumentation import get_dispatcher, root_manager
 from llama_index.core.llms import ChatMessage
 from llama_index.core.tools import FunctionTool
+from voltline_llamaindex import _convert, _tracker
 from voltline_llamaindex._tracker import Tracker
 from voltline_llamaindex.testing import ScriptedLLM, ToolCalls
 
@@ -404,18 +405,21 @@ def small_index() -> VectorStoreIndex:
     return VectorStoreIndex.from_documents(docs, embed_model=MockEmbedding(embed_dim=8))
 
 
+QUERY_TREE = [
+    "chain query RetrieverQueryEngine @None",
+    "  retriever retrieve VectorIndexRetriever @None",
+    "  chain synthesize CompactAndRefine @None",
+    "    llm chat scripted-1 @None",
+]
+
+
 def test_query_engine_sync_with_retriever_spans(store: voltline.Store) -> None:
     engine = small_index().as_query_engine(llm=ScriptedLLM(["40 bolts."]), similarity_top_k=1)
     voltline.instrument()
     with voltline.rollout("bolts", store=store) as r:
         assert str(engine.query("bolts per crate?")) == "40 bolts."
     spans = spans_of(store, r)
-    assert tree(spans) == [
-        "chain query RetrieverQueryEngine @None",
-        "  retriever retrieve VectorIndexRetriever @None",
-        "  chain synthesize CompactAndRefine @None",
-        "    llm chat scripted-1 @None",
-    ]
+    assert tree(spans) == QUERY_TREE
     [query] = only(spans, "chain", "query RetrieverQueryEngine")
     assert query.attributes["input.value"] == "bolts per crate?"
     assert query.attributes["output.value"] == "40 bolts."
@@ -537,6 +541,86 @@ def test_capture_failures_never_reach_the_agent(
     ]
 
 
+def assert_lost(
+    reference: Sequence[voltline.Span], spans: Sequence[voltline.Span], lost: dict[str, set[str]]
+) -> None:
+    """Span by span (per kind, in start order), the reference's attributes but exactly `lost`."""
+    for kind, keys in lost.items():
+        pairs = list(zip(only(reference, kind), only(spans, kind), strict=True))
+        assert pairs
+        for ref, span in pairs:
+            assert keys <= ref.attributes.keys()  # each was recorded when nothing failed
+            kept = {k: v for k, v in ref.attributes.items() if k not in keys}
+            assert span.attributes.keys() == kept.keys()
+            kept.pop("gen_ai.response.time_to_first_chunk", None)  # a timing: differs run to run
+            assert {k: span.attributes[k] for k in kept} == kept
+            assert span.status == ref.status
+
+
+def test_a_failing_converter_loses_only_its_attributes(
+    store: voltline.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    voltline.instrument()
+    with voltline.rollout(QUESTION, store=store) as ref:
+        expected = asyncio.run(run_streaming(function_agent()))
+    reference = spans_of(store, ref)
+    check_function_agent_spans(reference, stream=True)
+    index = small_index()
+    with voltline.rollout("bolts", store=store) as ref_query:
+        assert str(index.as_query_engine(llm=ScriptedLLM(["40."])).query("bolts per crate?")) == "40."
+    reference_query = spans_of(store, ref_query)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a payload a newer LlamaIndex changed")
+
+    real_get = _convert.get
+
+    def get(obj: Any, *path: str | int) -> Any:
+        if path in {("current_agent_name",), ("tool_id",)}:
+            raise TypeError("a workflow step field a newer LlamaIndex changed")
+        return real_get(obj, *path)
+
+    # Every payload conversion fails: model inputs and outputs, tool definitions, arguments and
+    # results, texts (agent input, output and description), step fields, retrieved nodes, queries.
+    for name in ("messages", "output_messages", "jsonable", "nodes", "query_text"):
+        monkeypatch.setattr(_convert, name, broken)
+    monkeypatch.setattr(_tracker, "_short", broken)
+    monkeypatch.setattr(_convert, "get", get)
+    errors_before = voltline.emitter_stats()["capture_errors"]
+    with voltline.rollout(QUESTION, store=store) as r:
+        assert asyncio.run(run_streaming(function_agent())) == expected
+    assert voltline.emitter_stats()["capture_errors"] > errors_before
+    spans = spans_of(store, r)
+    # No span lost, no parent link lost, every span ended: only what could not be converted.
+    assert tree(spans) == ["agent invoke_agent stockkeeper @stockkeeper", *AGENT_STEPS]
+    assert_lost(
+        reference,
+        spans,
+        {
+            "agent": {"input.value", "output.value", "gen_ai.agent.description"},
+            "chain": set(),  # the steps' agent names are inherited, as the tree shows
+            "llm": {"gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.tool.definitions"},
+            "tool": {"gen_ai.tool.call.arguments", "gen_ai.tool.call.result", "gen_ai.tool.call.id"},
+        },
+    )
+
+    errors_before = voltline.emitter_stats()["capture_errors"]
+    with voltline.rollout("bolts", store=store) as r:
+        assert str(index.as_query_engine(llm=ScriptedLLM(["40."])).query("bolts per crate?")) == "40."
+    assert voltline.emitter_stats()["capture_errors"] > errors_before
+    spans = spans_of(store, r)
+    assert tree(spans) == QUERY_TREE
+    assert_lost(
+        reference_query,
+        spans,
+        {
+            "chain": {"input.value", "output.value"},
+            "retriever": {"retrieval.query", "retrieval.documents"},
+            "llm": {"gen_ai.input.messages", "gen_ai.output.messages"},
+        },
+    )
+
+
 def test_uninstrument_restores_the_dispatchers_and_records_nothing_after(store: voltline.Store) -> None:
     before = handler_snapshot()
     assert voltline.instrument() == ["llamaindex"]
@@ -558,8 +642,6 @@ def test_outside_a_rollout_the_agent_runs_and_nothing_is_written() -> None:
 
 def test_chat_messages_with_provider_tool_calls_are_read() -> None:
     """OpenAI-style integrations keep tool calls in additional_kwargs, as SDK objects or dicts."""
-    from voltline_llamaindex._convert import llm_response_attributes
-
     message = ChatMessage(
         role="assistant",
         content=None,
@@ -579,10 +661,9 @@ def test_chat_messages_with_provider_tool_calls_are_read() -> None:
         def __init__(self) -> None:
             self.message, self.raw, self.additional_kwargs = message, raw, {}
 
-    attrs = llm_response_attributes(Response())
-    assert attrs["gen_ai.output.messages"][0]["tool_calls"] == [
-        {"id": "c1", "name": "add", "arguments": '{"a": 1}'}
-    ]
+    [output] = _convert.output_messages(Response()) or []
+    assert output["tool_calls"] == [{"id": "c1", "name": "add", "arguments": '{"a": 1}'}]
+    attrs = _convert.llm_response_attributes(Response())
     assert (attrs["gen_ai.usage.input_tokens"], attrs["gen_ai.usage.output_tokens"]) == (7, 2)
     assert (attrs["prompt_token_ids"], attrs["response_token_ids"]) == ([1, 2, 3], [5, 6])
 

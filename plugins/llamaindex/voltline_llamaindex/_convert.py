@@ -17,6 +17,7 @@ __all__ = [
     "message_dict",
     "messages",
     "nodes",
+    "output_messages",
     "provider_name",
     "query_text",
 ]
@@ -119,8 +120,27 @@ def _first_int(*values: Any) -> int | None:
     return None
 
 
-def llm_response_attributes(response: Any, *, chat: bool = True) -> dict[str, Any]:
-    """Output, usage, id, finish reason and (vLLM-style) token ids of a Chat/CompletionResponse.
+def _finish_reason(raw: Any) -> Any:
+    return get(raw, "choices", 0, "finish_reason") or get(raw, "stop_reason") or get(raw, "finish_reason")
+
+
+def output_messages(response: Any, *, chat: bool = True) -> list[dict[str, Any]] | None:
+    """`gen_ai.output.messages` of a Chat/CompletionResponse: its one message, with the
+    finish reason; None without a response."""
+    if response is None:
+        return None
+    if chat:
+        output = message_dict(get(response, "message"))
+    else:
+        output = {"role": "assistant", "content": get(response, "text")}
+    if finish := _finish_reason(get(response, "raw")):
+        output["finish_reason"] = finish
+    return [output]
+
+
+def llm_response_attributes(response: Any) -> dict[str, Any]:
+    """Usage, id, model, finish reason and (vLLM-style) token ids of a Chat/CompletionResponse;
+    its message is `output_messages`.
 
     `raw` is the provider's response (the last chunk when streaming); token counts are in
     `raw.usage` (OpenAI: prompt/completion_tokens; Anthropic: input/output_tokens) and, for
@@ -130,26 +150,19 @@ def llm_response_attributes(response: Any, *, chat: bool = True) -> dict[str, An
         return {}
     raw, extra = get(response, "raw"), get(response, "additional_kwargs") or {}
     usage = get(raw, "usage")
-    if chat:
-        output = message_dict(get(response, "message"))
-    else:
-        output = {"role": "assistant", "content": get(response, "text")}
-    finish = get(raw, "choices", 0, "finish_reason") or get(raw, "stop_reason") or get(raw, "finish_reason")
-    if finish:
-        output["finish_reason"] = finish
+    finish = _finish_reason(raw)
     attrs: dict[str, Any] = {
-        "gen_ai.output.messages": [output],
         "gen_ai.usage.input_tokens": _first_int(
             get(usage, "prompt_tokens"),
             get(usage, "input_tokens"),
-            extra.get("prompt_tokens"),
-            extra.get("input_tokens"),
+            get(extra, "prompt_tokens"),
+            get(extra, "input_tokens"),
         ),
         "gen_ai.usage.output_tokens": _first_int(
             get(usage, "completion_tokens"),
             get(usage, "output_tokens"),
-            extra.get("completion_tokens"),
-            extra.get("output_tokens"),
+            get(extra, "completion_tokens"),
+            get(extra, "output_tokens"),
         ),
         "gen_ai.response.id": get(raw, "id"),
         "gen_ai.response.model": get(raw, "model"),

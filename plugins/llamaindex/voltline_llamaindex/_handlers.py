@@ -164,7 +164,7 @@ class Registration:
     def __init__(self, dispatcher: Dispatcher, emitter: Any) -> None:
         self.dispatcher = dispatcher
         guard = _Guard(emitter)
-        self.tracker = Tracker()
+        self.tracker = Tracker(guard.failed)
         self.span_handler = VoltlineSpanHandler(self.tracker, guard)
         self.event_handler = VoltlineEventHandler(self.tracker, guard)
         # The dispatcher's own add_* methods extend its lists in place, like any other handler.

@@ -13,7 +13,9 @@ recorded ancestor so the tree keeps LlamaIndex's nesting:
 * `llm`: one per model call, from `LLMChat*`/`LLMCompletion*` *events*, because a streaming
   call's dispatcher span ends when the generator is handed back, long before the last chunk.
 
-All entry points are guarded by the handlers (see `_handlers.py`).
+All entry points are guarded by the handlers (see `_handlers.py`). Inside, each conversion of
+a payload into an attribute has its own `try`, reported through `failed`: a payload a newer
+LlamaIndex changed costs that attribute only, never the span, its parent links or its end.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import inspect
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,7 +98,8 @@ def _load_types() -> dict[str, tuple[type, ...]]:
 class Tracker:
     """State shared by the span handler and the event handler of one registration."""
 
-    def __init__(self) -> None:
+    def __init__(self, failed: Callable[[str], None]) -> None:
+        self._failed = failed  # called inside `except`: counts and logs the failure
         self._types = _load_types()
         self._lock = threading.Lock()
         self._nodes: dict[str, _Node] = {}
@@ -114,9 +118,11 @@ class Tracker:
         anchor = parent if parent is None or parent.handle is not None else parent.anchor
         _, method = _split_id(id_)
         node = _Node(method, instance, anchor)
-        node.handle = self._start(node, bound_args, instance, method, anchor)
-        with self._lock:
-            self._nodes[id_] = node
+        try:
+            node.handle = self._start(node, bound_args, instance, method, anchor)
+        finally:  # kept even without a span, so its children still find their recorded ancestor
+            with self._lock:
+                self._nodes[id_] = node
 
     def exit(self, id_: str, instance: Any, result: Any) -> None:
         with self._lock:
@@ -126,9 +132,9 @@ class Tracker:
         attrs: dict[str, Any] = {}
         failed = False
         try:
-            attrs = self._result_attributes(node, result)
             # A tool may report failure in its output instead of raising.
             failed = node.handle.kind == "tool" and cv.get(result, "is_error") is True
+            attrs = self._result_attributes(node, result, failed)
         finally:  # an unreadable result still records the span (then the error is counted)
             node.handle.end(attributes=attrs, status="error" if failed else "ok")
 
@@ -165,21 +171,24 @@ class Tracker:
             if anchor is not None and anchor.handle.kind == "tool" and anchor.instance is instance:
                 return None  # __call__ -> call of the same tool: one span
             name = cv.get(instance, "metadata", "name") or type(instance).__name__
-            arguments = dict(args.get("kwargs") or {})
-            if positional := args.get("args"):
-                arguments["args"] = list(positional)
-            attrs = {
-                "gen_ai.operation.name": "execute_tool",
-                "gen_ai.tool.name": name,
-                "gen_ai.tool.call.arguments": cv.jsonable(arguments),
-            }
+            attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name}
+            try:
+                arguments = dict(args.get("kwargs") or {})
+                if positional := args.get("args"):
+                    arguments["args"] = list(positional)
+                attrs["gen_ai.tool.call.arguments"] = cv.jsonable(arguments)
+            except Exception:  # the span is still recorded, without its arguments
+                self._failed("span_enter")
             if anchor is not None and anchor.tool_call_id:
                 attrs["gen_ai.tool.call.id"] = anchor.tool_call_id
             return voltline.start_span(f"execute_tool {name}", "tool", parent=parent, attributes=attrs)
         cls = type(instance).__name__
         if method in _RETRIEVE_METHODS and self._is(instance, "retriever"):
-            query = cv.query_text(args.get("str_or_query_bundle"))
-            attrs = {"gen_ai.operation.name": "retrieval", "retrieval.query": query}
+            attrs = {"gen_ai.operation.name": "retrieval"}
+            try:
+                attrs["retrieval.query"] = cv.query_text(args.get("str_or_query_bundle"))
+            except Exception:  # the span is still recorded, without its query
+                self._failed("span_enter")
             return voltline.start_span(f"retrieve {cls}", "retriever", parent=parent, attributes=attrs)
         for key, methods, verb in (
             ("query_engine", _QUERY_METHODS, "query"),
@@ -188,19 +197,27 @@ class Tracker:
         ):
             if method in methods and self._is(instance, key):
                 query = args.get("str_or_query_bundle") or args.get("query") or args.get("message")
-                attrs = {"input.value": _short(cv.query_text(query))} if query is not None else {}
+                attrs = {}
+                try:
+                    if query is not None:
+                        attrs["input.value"] = _short(cv.query_text(query))
+                except Exception:  # the span is still recorded, without its input
+                    self._failed("span_enter")
                 return voltline.start_span(f"{verb} {cls}", "chain", parent=parent, attributes=attrs)
         return None
 
     def _start_workflow(self, node: _Node, args: dict[str, Any], instance: Any, parent: Any) -> SpanHandle:
         cls = type(instance).__name__
-        # Workflow.run(start_event=...) inside; the agent's public run(user_msg=...) in older releases.
-        user_msg = cv.get(args.get("start_event"), "user_msg") or args.get("user_msg")
-        if user_msg is None:
-            user_msg = (args.get("kwargs") or {}).get("user_msg")
         attrs: dict[str, Any] = {}
-        if user_msg is not None:
-            attrs["input.value"] = _short(cv.get(user_msg, "content") or user_msg)
+        try:
+            # Workflow.run(start_event=...) inside; the agent's public run(user_msg=...) in older releases.
+            user_msg = cv.get(args.get("start_event"), "user_msg") or args.get("user_msg")
+            if user_msg is None:
+                user_msg = (args.get("kwargs") or {}).get("user_msg")
+            if user_msg is not None:
+                attrs["input.value"] = _short(cv.get(user_msg, "content") or user_msg)
+        except Exception:  # the span is still recorded, without its input
+            self._failed("span_enter")
         if not self._is(instance, "agent"):
             attrs["gen_ai.operation.name"] = "invoke_workflow"
             return voltline.start_span(f"workflow {cls}", "chain", parent=parent, attributes=attrs)
@@ -211,7 +228,10 @@ class Tracker:
         attrs.update({"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": name})
         description = cv.get(instance, "description")
         if isinstance(description, str) and description:
-            attrs["gen_ai.agent.description"] = _short(description)
+            try:
+                attrs["gen_ai.agent.description"] = _short(description)
+            except Exception:  # the span is still recorded, without its description
+                self._failed("span_enter")
         return voltline.start_span(f"invoke_agent {name}", "agent", parent=parent, attributes=attrs)
 
     def _start_step(
@@ -220,22 +240,38 @@ class Tracker:
         team = anchor
         while team is not None and team.handle.kind != "agent":
             team = team.anchor
-        agent = cv.get(event, "current_agent_name")
+        try:
+            agent = cv.get(event, "current_agent_name")
+        except Exception:  # the step then names the agent last seen acting
+            self._failed("span_enter")
+            agent = None
         if isinstance(agent, str) and agent:
             if team is not None:
                 team.current_agent = agent
         else:
             agent = team.current_agent if team is not None else None
-        node.tool_call_id = cv.get(event, "tool_id")
+        try:
+            node.tool_call_id = cv.get(event, "tool_id")
+        except Exception:  # the tool span below is still recorded, without its call id
+            self._failed("span_enter")
         attrs = {"llama_index.step": method, "llama_index.event": type(event).__name__}
         return voltline.start_span(method, "chain", parent=parent, agent_name=agent, attributes=attrs)
 
-    def _result_attributes(self, node: _Node, result: Any) -> dict[str, Any]:
+    def _result_attributes(self, node: _Node, result: Any, is_error: bool) -> dict[str, Any]:
+        # Each kind but tool has a single result attribute: exit's `finally` already keeps the
+        # span when it fails. A tool's result, error message and error type each stand alone.
         kind = node.handle.kind
         if kind == "tool":
-            attrs: dict[str, Any] = {"gen_ai.tool.call.result": cv.jsonable(cv.get(result, "content"))}
-            if cv.get(result, "is_error") is True:
-                node.handle.set("error.message", _short(cv.get(result, "content")))
+            attrs: dict[str, Any] = {}
+            try:
+                attrs["gen_ai.tool.call.result"] = cv.jsonable(cv.get(result, "content"))
+            except Exception:
+                self._failed("span_exit")
+            if is_error:
+                try:
+                    node.handle.set("error.message", _short(cv.get(result, "content")))
+                except Exception:
+                    self._failed("span_exit")
                 attrs["error.type"] = "ToolError"
             return attrs
         if kind == "retriever":
@@ -265,7 +301,16 @@ class Tracker:
                 attrs: dict[str, Any] = {}
                 try:
                     response = cv.get(event, "response")
-                    attrs = cv.llm_response_attributes(response, chat=kind == "LLMChatEndEvent")
+                    try:  # apart from the rest: a message we cannot read still leaves usage and ids
+                        output = cv.output_messages(response, chat=kind == "LLMChatEndEvent")
+                        if output is not None:
+                            attrs["gen_ai.output.messages"] = output
+                    except Exception:
+                        self._failed("event")
+                    try:
+                        attrs.update(cv.llm_response_attributes(response))
+                    except Exception:
+                        self._failed("event")
                     if handle.attributes.get("gen_ai.request.stream"):
                         # `raw` is then only the last chunk, whose token ids are not the call's;
                         # the LLM proxy's record supplies them (voltline.proxy.join_token_ids).
@@ -284,10 +329,14 @@ class Tracker:
         instance = node.instance if node is not None else None
         model = cv.get(instance, "model") or model_dict.get("model_name")
         model = model if isinstance(model, str) and model != "unknown" else None
-        if chat:
-            inputs = cv.messages(cv.get(event, "messages"))
-        else:
-            inputs = [{"role": "user", "content": cv.get(event, "prompt")}]
+        inputs = None
+        try:
+            if chat:
+                inputs = cv.messages(cv.get(event, "messages"))
+            else:
+                inputs = [{"role": "user", "content": cv.get(event, "prompt")}]
+        except Exception:  # the call is still recorded, without its input
+            self._failed("event")
         attrs: dict[str, Any] = {
             "gen_ai.operation.name": "chat" if chat else "text_completion",
             "gen_ai.provider.name": cv.provider_name(model_dict, instance),
@@ -299,13 +348,16 @@ class Tracker:
         }
         tools = cv.get(event, "additional_kwargs", "tools")
         if tools:
-            attrs["gen_ai.tool.definitions"] = [
-                {
-                    "name": cv.get(t, "metadata", "name"),
-                    "description": _short(cv.get(t, "metadata", "description")),
-                }
-                for t in tools
-            ]
+            try:
+                attrs["gen_ai.tool.definitions"] = [
+                    {
+                        "name": cv.get(t, "metadata", "name"),
+                        "description": _short(cv.get(t, "metadata", "description")),
+                    }
+                    for t in tools
+                ]
+            except Exception:  # the call is still recorded, without them
+                self._failed("event")
         attrs = {
             k: v
             for k, v in attrs.items()
