@@ -146,6 +146,14 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
+class DirectExecutor(ConversableAgent):
+    """Runs registered functions itself, without execute_function: only the runtime logger sees them."""
+
+    def execute_function(self, func_call: dict[str, Any], call_id: str | None = None, verbose: bool = False):
+        result = self.function_map[func_call["name"]](**json.loads(func_call["arguments"]))
+        return True, {"name": func_call["name"], "role": "function", "content": result}
+
+
 def two_agent_chat() -> tuple[ConversableAgent, ConversableAgent, Any]:
     """user asks, assistant calls add(2, 3), user runs it, assistant answers."""
     user = proxy_agent()
@@ -452,6 +460,75 @@ def test_a_failing_capture_never_changes_the_conversation(
     )
 
 
+def test_a_failing_converter_loses_only_its_attributes(
+    ag2_only: None, store: voltline.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from voltline_ag2 import _capture, _convert
+
+    voltline.instrument()
+    with voltline.rollout("reference", store=store) as ref:
+        _, _, expected = two_agent_chat()
+    reference = sorted(spans_of(store, ref), key=lambda s: s.sequence)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a payload a newer AutoGen changed")
+
+    # Every payload conversion fails: chat, turn and sent messages, model inputs, tool
+    # definitions, outputs and usage, tool arguments and results, the model call's start time.
+    for module, names in (
+        (_convert, ("jsonable", "_usage")),
+        (_capture, ("jsonable", "parse_arguments", "parse_timestamp")),
+    ):
+        for name in names:
+            monkeypatch.setattr(module, name, broken)
+    errors_before = voltline.emitter_stats()["capture_errors"]
+    with voltline.rollout("broken", store=store) as r:
+        _, _, result = two_agent_chat()
+    assert (result.chat_history, result.summary) == (expected.chat_history, expected.summary)
+    assert voltline.emitter_stats()["capture_errors"] > errors_before
+    spans = sorted(spans_of(store, r), key=lambda s: s.sequence)
+    assert tree(spans) == TWO_AGENT_TREE  # no span lost or left open, every parent link kept
+
+    lost = {
+        "chain": {"ag2.chat.message", "ag2.chat.summary"},
+        "agent": {"ag2.reply"},
+        "llm": {
+            "gen_ai.input.messages",
+            "gen_ai.tool.definitions",
+            "gen_ai.output.messages",
+            "gen_ai.usage.input_tokens",
+            "gen_ai.usage.output_tokens",
+        },
+        "tool": {"gen_ai.tool.call.arguments", "gen_ai.tool.call.result"},
+        "message": {"message.content", "message.role", "message.tool_calls", "message.tool_responses"},
+    }
+
+    def comparable(attributes: dict[str, Any]) -> dict[str, Any]:
+        return {**attributes, "ag2.invocation_id": "..."} if "ag2.invocation_id" in attributes else attributes
+
+    seen: dict[str, set[str]] = {kind: set() for kind in lost}
+    for mine, theirs in zip(spans, reference, strict=True):
+        assert (mine.kind, mine.name, mine.status) == (theirs.kind, theirs.name, theirs.status)
+        kept = {k: v for k, v in theirs.attributes.items() if k not in lost[theirs.kind]}
+        assert comparable(mine.attributes) == comparable(kept), mine.name
+        seen[theirs.kind] |= theirs.attributes.keys() & lost[theirs.kind]
+    assert seen == lost  # every attribute listed as lost was there to lose
+
+    # A function run outside execute_function: the runtime logger's tool span keeps its name.
+    user = DirectExecutor("user", llm_config=False, human_input_mode="NEVER", is_termination_msg=terminates)
+    assistant = scripted_agent(
+        "assistant",
+        [tool_call("call_9", "add", {"a": 4, "b": 5}), {"content": "9 TERMINATE"}],
+        add_runs_on=user,
+    )
+    with voltline.rollout("direct", store=store) as r:
+        user.initiate_chat(assistant, message="4 + 5?", max_turns=3, silent=True)
+    [tool] = [s for s in spans_of(store, r) if s.kind == "tool"]
+    assert (tool.name, tool.agent_name) == ("execute_tool add", "user")
+    assert tool.attributes["gen_ai.tool.name"] == "add"
+    assert not {"gen_ai.tool.call.arguments", "gen_ai.tool.call.result"} & tool.attributes.keys()
+
+
 def test_an_agent_exception_propagates_unchanged_and_marks_the_spans(
     ag2_only: None, store: voltline.Store
 ) -> None:
@@ -577,14 +654,6 @@ def test_a_runtime_logger_the_user_started_keeps_logging(ag2_only: None, store: 
 def test_a_function_called_outside_execute_function_still_gets_a_tool_span(
     ag2_only: None, store: voltline.Store
 ) -> None:
-    # A subclass that runs registered functions itself: only the runtime logger sees them.
-    class DirectExecutor(ConversableAgent):
-        def execute_function(
-            self, func_call: dict[str, Any], call_id: str | None = None, verbose: bool = False
-        ):
-            result = self.function_map[func_call["name"]](**json.loads(func_call["arguments"]))
-            return True, {"name": func_call["name"], "role": "function", "content": result}
-
     voltline.instrument()
     user = DirectExecutor("user", llm_config=False, human_input_mode="NEVER", is_termination_msg=terminates)
     assistant = scripted_agent(

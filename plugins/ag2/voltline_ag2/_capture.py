@@ -2,7 +2,9 @@
 
 One `Capture` per installed integration. Every public method here runs on the agent's path,
 so each is guarded: a failure is logged once per place and kind, counted as a capture error
-on the emitter, and the conversation goes on exactly as it would without Voltline.
+on the emitter, and the conversation goes on exactly as it would without Voltline. Converting a
+payload (a message, a model request or response, tool arguments or a result) is guarded on its
+own besides: one that fails leaves out only its attribute, and the span is still recorded.
 
 Tree shape (parents come from the current span, carried in contextvars):
 
@@ -94,11 +96,16 @@ class Capture:
     def chat_started(self, sender: Any, recipient: Any, message: Any, max_turns: Any) -> voltline.SpanHandle:
         groupchat = getattr(recipient, "groupchat", None)
         members = [_name(a) for a in getattr(groupchat, "agents", None) or []] or None
+        try:
+            text = jsonable(message) if not callable(message) else repr(message)
+        except Exception:  # the chat span is still opened (its children need it), without the message
+            self.failed("converting ag2.chat.message")
+            text = None
         attrs = {
             "gen_ai.operation.name": "invoke_agent",
             "ag2.chat.initiator": _name(sender),
             "ag2.chat.recipient": _name(recipient),
-            "ag2.chat.message": jsonable(message) if not callable(message) else repr(message),
+            "ag2.chat.message": text,
             "ag2.chat.max_turns": max_turns if isinstance(max_turns, int) else None,
             "ag2.chat.group": members,
         }
@@ -118,7 +125,10 @@ class Capture:
                 attrs["ag2.chat.message_count"] = len(history)
             summary = getattr(result, "summary", None)
             if summary is not None:
-                attrs["ag2.chat.summary"] = jsonable(summary)
+                try:
+                    attrs["ag2.chat.summary"] = jsonable(summary)
+                except Exception:  # the span still ends, without the summary
+                    self.failed("converting ag2.chat.summary")
         handle.end(error=error, attributes=attrs)
 
     # turns --------------------------------------------------------------------------------
@@ -143,7 +153,13 @@ class Capture:
         self, agent: Any, handle: voltline.SpanHandle, reply: Any, error: BaseException | None
     ) -> None:
         self._pop(agent, handle)
-        handle.end(error=error, attributes={"ag2.reply": jsonable(reply)} if error is None else None)
+        attrs: dict[str, Any] | None = None
+        if error is None:
+            try:
+                attrs = {"ag2.reply": jsonable(reply)}
+            except Exception:  # the span still ends, without the reply
+                self.failed("converting ag2.reply")
+        handle.end(error=error, attributes=attrs)
 
     def reply_function(self, agent: Any, name: Any, final: Any) -> None:
         """AutoGen's `reply_func_executed` event: note which reply function produced the turn's reply."""
@@ -159,7 +175,7 @@ class Capture:
 
     # messages -----------------------------------------------------------------------------
     def message_sent(self, sender: Any, message: Any, recipient: Any) -> None:
-        attrs = message_attributes(message, _name(sender), _name(recipient))
+        attrs = message_attributes(message, _name(sender), _name(recipient), self.failed)
         handle = voltline.start_span(
             f"message {_name(sender)} -> {_name(recipient)}",
             "message",
@@ -180,17 +196,22 @@ class Capture:
         start_time: Any,
         invocation_id: Any,
     ) -> None:
-        attrs = llm_attributes(request, response, cached=cached, cost=cost)
+        attrs = llm_attributes(request, response, cached=cached, cost=cost, failed=self.failed)
         if invocation_id is not None:
             attrs["ag2.invocation_id"] = str(invocation_id)
         model = attrs.get("gen_ai.request.model") or "unknown"
+        try:
+            started = parse_timestamp(start_time)
+        except Exception:  # the span is still recorded, as starting when AutoGen logged the call
+            self.failed("converting the model call's start_time")
+            started = None
         handle = voltline.start_span(
             f"chat {model}",
             "llm",
             parent=self._parent(agent),
             agent_name=_name(agent) if agent else None,
             attributes=attrs,
-            start_time=parse_timestamp(start_time),
+            start_time=started,
         )
         handle.end(status="error" if "error.message" in attrs else "ok")
 
@@ -199,7 +220,10 @@ class Capture:
         name = str(func_call.get("name", "")) if isinstance(func_call, dict) else str(func_call)
         attrs: dict[str, Any] = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name}
         if isinstance(func_call, dict) and "arguments" in func_call:
-            attrs["gen_ai.tool.call.arguments"] = parse_arguments(func_call["arguments"])
+            try:
+                attrs["gen_ai.tool.call.arguments"] = parse_arguments(func_call["arguments"])
+            except Exception:  # the span is still opened, without its arguments
+                self.failed("converting gen_ai.tool.call.arguments")
         if call_id is not None:
             attrs["gen_ai.tool.call.id"] = str(call_id)
         handle = voltline.start_span(
@@ -227,9 +251,16 @@ class Capture:
             return
         ok, result = outcome if isinstance(outcome, tuple) and len(outcome) == 2 else (True, outcome)
         content = result.get("content") if isinstance(result, dict) else result
-        attrs = {"gen_ai.tool.call.result": jsonable(content)}
+        attrs: dict[str, Any] = {}
+        try:
+            attrs["gen_ai.tool.call.result"] = jsonable(content)
+        except Exception:  # the span still ends, without its result
+            self.failed("converting gen_ai.tool.call.result")
         if not ok:
-            attrs["error.message"] = str(content)
+            try:
+                attrs["error.message"] = str(content)
+            except Exception:  # the span still ends with status error, without the message
+                self.failed("converting error.message")
         handle.end(status="ok" if ok else "error", attributes=attrs)
 
     def function_used(self, agent: Any, function: Any, args: Any, returns: Any) -> None:
@@ -241,12 +272,16 @@ class Capture:
         if self._tools.get(id(agent)):
             return
         name = getattr(function, "__name__", None) or str(function)
-        attrs = {
-            "gen_ai.operation.name": "execute_tool",
-            "gen_ai.tool.name": name,
-            "gen_ai.tool.call.arguments": jsonable(args),
-            "gen_ai.tool.call.result": jsonable(returns),
-        }
+        attrs: dict[str, Any] = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name}
+        # Arguments and result each on their own: the span is recorded without what fails.
+        try:
+            attrs["gen_ai.tool.call.arguments"] = jsonable(args)
+        except Exception:
+            self.failed("converting gen_ai.tool.call.arguments")
+        try:
+            attrs["gen_ai.tool.call.result"] = jsonable(returns)
+        except Exception:
+            self.failed("converting gen_ai.tool.call.result")
         handle = voltline.start_span(
             f"execute_tool {name}",
             "tool",

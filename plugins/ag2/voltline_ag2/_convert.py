@@ -2,13 +2,15 @@
 
 Pure functions with no framework imports: AutoGen hands us dicts, strings, OpenAI SDK
 objects or a custom client's own response objects, so everything here is duck-typed.
+The attribute builders take the caller's `failed(where)` and convert each payload on its own:
+one that raises is reported there (from inside the `except`) and left out, the rest is kept.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,13 +56,21 @@ def field(obj: Any, name: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def message_attributes(message: Any, sender: str | None, recipient: str | None) -> dict[str, Any]:
+def message_attributes(
+    message: Any, sender: str | None, recipient: str | None, failed: Callable[[str], None]
+) -> dict[str, Any]:
     """Attributes of a `message` span for one message sent between two agents."""
     attrs: dict[str, Any] = {"message.sender": sender, "message.recipient": recipient}
     if isinstance(message, str) or not isinstance(message, Mapping):
-        attrs["message.content"] = jsonable(message)
+        try:
+            attrs["message.content"] = jsonable(message)
+        except Exception:
+            failed("converting message.content")
         return attrs
-    attrs["message.content"] = jsonable(message.get("content"))
+    try:
+        attrs["message.content"] = jsonable(message.get("content"))
+    except Exception:
+        failed("converting message.content")
     for key, attr in (
         ("role", "message.role"),
         ("name", "message.name"),
@@ -69,7 +79,10 @@ def message_attributes(message: Any, sender: str | None, recipient: str | None) 
         ("function_call", "message.function_call"),
     ):
         if message.get(key) is not None:
-            attrs[attr] = jsonable(message[key])
+            try:
+                attrs[attr] = jsonable(message[key])
+            except Exception:
+                failed(f"converting {attr}")
     return attrs
 
 
@@ -117,7 +130,9 @@ def _token_ids(value: Any) -> list[int] | None:
     return None
 
 
-def llm_attributes(request: Any, response: Any, *, cached: Any = None, cost: Any = None) -> dict[str, Any]:
+def llm_attributes(
+    request: Any, response: Any, *, cached: Any = None, cost: Any = None, failed: Callable[[str], None]
+) -> dict[str, Any]:
     """Attributes of an `llm` span from AutoGen's request params and the client's response.
 
     Names follow the OpenTelemetry GenAI conventions; token ids and logprobs use the field
@@ -125,11 +140,21 @@ def llm_attributes(request: Any, response: Any, *, cached: Any = None, cost: Any
     on the response (or its first choice) and `token_ids` on the choice.
     """
     request = request if isinstance(request, Mapping) else {}
+    try:
+        inputs = jsonable(request.get("messages", request.get("prompt")))
+    except Exception:
+        failed("converting gen_ai.input.messages")
+        inputs = None
+    try:
+        tools = jsonable(request.get("tools"))
+    except Exception:
+        failed("converting gen_ai.tool.definitions")
+        tools = None
     attrs: dict[str, Any] = {
         "gen_ai.operation.name": "chat",
         "gen_ai.request.model": request.get("model"),
-        "gen_ai.input.messages": jsonable(request.get("messages", request.get("prompt"))),
-        "gen_ai.tool.definitions": jsonable(request.get("tools")),
+        "gen_ai.input.messages": inputs,
+        "gen_ai.tool.definitions": tools,
         "ag2.cached": bool(cached) if cached is not None else None,
         "ag2.cost": cost if isinstance(cost, int | float) else None,
     }
@@ -138,12 +163,21 @@ def llm_attributes(request: Any, response: Any, *, cached: Any = None, cost: Any
         return {k: v for k, v in attrs.items() if v is not None}
     choices = field(response, "choices") or []
     first = choices[0] if choices else None
-    input_tokens, output_tokens = _usage(response)
+    try:
+        outputs = [jsonable(field(choice, "message")) for choice in choices] or None
+    except Exception:
+        failed("converting gen_ai.output.messages")
+        outputs = None
+    try:
+        input_tokens, output_tokens = _usage(response)
+    except Exception:
+        failed("converting gen_ai.usage")
+        input_tokens = output_tokens = None
     attrs.update(
         {
             "gen_ai.response.id": field(response, "id"),
             "gen_ai.response.model": field(response, "model"),
-            "gen_ai.output.messages": [jsonable(field(choice, "message")) for choice in choices] or None,
+            "gen_ai.output.messages": outputs,
             "gen_ai.response.finish_reasons": [
                 field(c, "finish_reason") for c in choices if field(c, "finish_reason")
             ]
