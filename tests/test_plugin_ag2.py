@@ -154,6 +154,19 @@ class DirectExecutor(ConversableAgent):
         return True, {"name": func_call["name"], "role": "function", "content": result}
 
 
+def direct_chat(store: voltline.Store) -> list[voltline.Span]:
+    """user asks 4 + 5, assistant calls add, user runs it outside execute_function: the chat's spans."""
+    user = DirectExecutor("user", llm_config=False, human_input_mode="NEVER", is_termination_msg=terminates)
+    assistant = scripted_agent(
+        "assistant",
+        [tool_call("call_9", "add", {"a": 4, "b": 5}), {"content": "9 TERMINATE"}],
+        add_runs_on=user,
+    )
+    with voltline.rollout("direct", store=store) as r:
+        user.initiate_chat(assistant, message="4 + 5?", max_turns=3, silent=True)
+    return spans_of(store, r)
+
+
 def two_agent_chat() -> tuple[ConversableAgent, ConversableAgent, Any]:
     """user asks, assistant calls add(2, 3), user runs it, assistant answers."""
     user = proxy_agent()
@@ -515,15 +528,7 @@ def test_a_failing_converter_loses_only_its_attributes(
     assert seen == lost  # every attribute listed as lost was there to lose
 
     # A function run outside execute_function: the runtime logger's tool span keeps its name.
-    user = DirectExecutor("user", llm_config=False, human_input_mode="NEVER", is_termination_msg=terminates)
-    assistant = scripted_agent(
-        "assistant",
-        [tool_call("call_9", "add", {"a": 4, "b": 5}), {"content": "9 TERMINATE"}],
-        add_runs_on=user,
-    )
-    with voltline.rollout("direct", store=store) as r:
-        user.initiate_chat(assistant, message="4 + 5?", max_turns=3, silent=True)
-    [tool] = [s for s in spans_of(store, r) if s.kind == "tool"]
+    [tool] = [s for s in direct_chat(store) if s.kind == "tool"]
     assert (tool.name, tool.agent_name) == ("execute_tool add", "user")
     assert tool.attributes["gen_ai.tool.name"] == "add"
     assert not {"gen_ai.tool.call.arguments", "gen_ai.tool.call.result"} & tool.attributes.keys()
@@ -655,22 +660,12 @@ def test_a_function_called_outside_execute_function_still_gets_a_tool_span(
     ag2_only: None, store: voltline.Store
 ) -> None:
     voltline.instrument()
-    user = DirectExecutor("user", llm_config=False, human_input_mode="NEVER", is_termination_msg=terminates)
-    assistant = scripted_agent(
-        "assistant",
-        [tool_call("call_9", "add", {"a": 4, "b": 5}), {"content": "9 TERMINATE"}],
-        add_runs_on=user,
-    )
-    with voltline.rollout("direct", store=store) as r:
-        user.initiate_chat(assistant, message="4 + 5?", max_turns=3, silent=True)
-    voltline.flush()
-    [tool] = store.query_spans(rollout_id=r.rollout_id, kind="tool")
+    spans = direct_chat(store)
+    [tool] = [s for s in spans if s.kind == "tool"]
     assert (tool.name, tool.agent_name) == ("execute_tool add", "user")
     assert tool.attributes["gen_ai.tool.call.arguments"] == {"a": 4, "b": 5}
     assert tool.attributes["gen_ai.tool.call.result"] == 9
-    [turn] = [
-        s for s in store.query_spans(rollout_id=r.rollout_id, kind="agent") if s.span_id == tool.parent_id
-    ]
+    [turn] = [s for s in spans if s.kind == "agent" and s.span_id == tool.parent_id]
     assert turn.name == "invoke_agent user"
 
 
