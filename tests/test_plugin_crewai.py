@@ -466,9 +466,28 @@ CONVERTERS = ("_plain", "_tool_names", "_tool_definitions", "_args", "_output_me
 def test_a_failing_converter_loses_only_its_attributes(
     instrumented: None, store: voltline.Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    def standalone() -> Any:  # an agent without a crew: CrewAI's lite-agent events
+        llm = ScriptedLLM(model="scripted-math", replies=[[ToolCall("add", {"a": 2, "b": 3})], "5"])
+        agent = Agent(role="calculator", goal="compute sums", backstory="careful", llm=llm, tools=[add])
+        return agent.kickoff("What is 2 + 3?")
+
+    def compare(
+        spans: list[voltline.Span], ref_spans: list[voltline.Span], lose: dict[str, set[str]]
+    ) -> set[str]:
+        """Span by span, the reference's attribute keys minus `lose`; returns what was lost."""
+        lost: set[str] = set()
+        for name in {s.name for s in ref_spans}:
+            for s, reference in zip(by_name(spans, name), by_name(ref_spans, name), strict=True):
+                assert s.attributes.keys() == reference.attributes.keys() - lose[s.kind], name
+                assert s.status == reference.status
+                lost |= reference.attributes.keys() - s.attributes.keys()
+        return lost
+
     crew, _ = make_crew()
     with voltline.rollout("ref", store=store) as ref:
         expected = crew.kickoff()
+    with voltline.rollout("ref standalone", store=store) as ref_alone:
+        expected_alone = standalone()
 
     def broken(*args: Any) -> Any:
         raise TypeError("a payload a newer CrewAI changed")
@@ -487,12 +506,7 @@ def test_a_failing_converter_loses_only_its_attributes(
 
     spans, ref_spans = spans_of(store, r), spans_of(store, ref)
     assert tree(spans) == tree(ref_spans) == EXPECTED_TREE  # no span lost, none left open
-    lost: set[str] = set()
-    for name in {s.name for s in ref_spans}:
-        for s, reference in zip(by_name(spans, name), by_name(ref_spans, name), strict=True):
-            assert s.attributes.keys() == reference.attributes.keys() - UNCONVERTIBLE[s.kind], name
-            assert s.status == reference.status
-            lost |= reference.attributes.keys() - s.attributes.keys()
+    lost = compare(spans, ref_spans, UNCONVERTIBLE)
     assert lost == set().union(*UNCONVERTIBLE.values()) - {"crewai.crew.inputs"}  # kickoff() had none
     llm = by_name(spans, "chat scripted-math")[0]
     assert llm.attributes["gen_ai.request.model"] == "scripted-math"
@@ -503,6 +517,15 @@ def test_a_failing_converter_loses_only_its_attributes(
     assert divide_span.attributes["error.type"] == "ZeroDivisionError"
     # Its error text could not be read: still an error span, with the text used when there is none.
     assert divide_span.attributes["exception.message"] == "failed"
+
+    # The lite agent's own span also loses its id and input messages.
+    with voltline.rollout("broken standalone", store=store) as r:
+        assert standalone().raw == expected_alone.raw == "5"
+    spans, ref_spans = spans_of(store, r), spans_of(store, ref_alone)
+    assert tree(spans) == tree(ref_spans)
+    assert [s.kind for s in spans].count("agent") == 1 and len(spans) == 4
+    lite = {**UNCONVERTIBLE, "agent": UNCONVERTIBLE["agent"] | {"gen_ai.agent.id", "gen_ai.input.messages"}}
+    assert compare(spans, ref_spans, lite) == set().union(*lite.values()) - UNCONVERTIBLE["chain"]
 
 
 # --- uninstrument and the explicit form -------------------------------------------------
