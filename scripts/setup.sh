@@ -33,6 +33,11 @@ for d in "${dists[@]}"; do editable+=(-e "$d"); done
 "${pip[@]}" "${editable[@]}"
 
 if [ "${1:-}" = "--dev" ]; then
-  echo "==> installing test tools and the test distribution"
-  "${pip[@]}" -r requirements-dev.txt -e tests/fixtures/voltline-testdist
+  echo "==> installing test tools, and the test fixture distribution into .venv/test-plugins"
+  "${pip[@]}" -r requirements-dev.txt
+  # The fixture's plugins (one broken on purpose) go beside the venv, not into it: only test runs
+  # put .venv/test-plugins on their path (pyproject.toml), so `voltline` itself never loads them.
+  # Earlier setups installed it into the venv; take it out of there.
+  .venv/bin/python -m pip uninstall --quiet --yes voltline-testdist >/dev/null 2>&1 || true
+  "${pip[@]}" --no-deps --upgrade --target .venv/test-plugins tests/fixtures/voltline-testdist
 fi
