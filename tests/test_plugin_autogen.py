@@ -748,6 +748,42 @@ def test_a_failing_converter_loses_only_its_attributes(
     assert one(got[2][1], "invoke_agent RoundRobinGroupChat").attributes["autogen.messages"] == 5
 
 
+def test_an_unreadable_team_result_loses_only_its_message_attributes(
+    instrumented: None, store: voltline.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autogen_agentchat.base import TaskResult
+
+    reference, expected = run_in_rollout(store, lambda: make_team().run(task="what is 2+3?"))
+
+    def unreadable(self: Any) -> Any:
+        raise TypeError("a TaskResult a newer AutoGen changed")
+
+    # A property outranks the pydantic field in the instance dict; the team itself never reads
+    # `messages`, so only capture code sees the failure. Undone before the result is compared.
+    with monkeypatch.context() as patch:
+        patch.setattr(TaskResult, "messages", property(unreadable), raising=False)
+        errors_before = voltline.emitter_stats()["capture_errors"]
+        result, spans = run_in_rollout(store, lambda: make_team().run(task="what is 2+3?"))
+        errors = voltline.emitter_stats()["capture_errors"] - errors_before
+
+    assert (outcome(result), result.stop_reason) == (outcome(reference), reference.stop_reason)
+    assert tree(spans) == tree(expected) == TEAM_TREE
+    assert all(s.status == "ok" for s in spans)
+    from_messages = {"gen_ai.output.messages", "autogen.messages"}
+    team = one(spans, "invoke_agent RoundRobinGroupChat").attributes
+    normal_team = one(expected, "invoke_agent RoundRobinGroupChat").attributes
+    assert team["autogen.stop_reason"] == normal_team["autogen.stop_reason"] == "Text 'TERMINATE' mentioned"
+    assert from_messages.issubset(normal_team)  # so the comparison below really saw them lost
+    assert team == {k: v for k, v in normal_team.items() if k not in from_messages}
+
+    def others(run: list[voltline.Span]) -> list[dict[str, Any]]:
+        ordered = sorted(run, key=lambda s: (s.start_time, s.sequence))
+        return [s.attributes for s in ordered if s.name != "invoke_agent RoundRobinGroupChat"]
+
+    assert others(spans) == others(expected)
+    assert errors == 1  # the one unreadable field; the stop reason was read as usual
+
+
 def _framework_state() -> dict[str, Any]:
     """Every attribute the plugin could touch, by identity."""
     from autogen_core.tools import FunctionTool

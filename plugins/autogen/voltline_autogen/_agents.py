@@ -173,14 +173,25 @@ def wrap_team_method(name: str, original: Any) -> Any:
 
         def on_item(item: Any) -> None:
             if type(item).__name__ == "TaskResult":
-                output: dict[str, Any] = {"autogen.stop_reason": item.stop_reason}
+                # Each read is guarded on its own: a newer AutoGen's TaskResult that breaks one
+                # of them must not cost the team span the others.
+                output: dict[str, Any] = {}
                 try:
-                    output["gen_ai.output.messages"] = _convert.chat_messages(
-                        [m for m in item.messages if hasattr(m, "to_text") and hasattr(m, "source")][-1:]
-                    )
-                except Exception:  # the stop reason and message count are still recorded
-                    capture_failed("team output")
-                output["autogen.messages"] = len(item.messages)
+                    output["autogen.stop_reason"] = item.stop_reason
+                except Exception:
+                    capture_failed("team stop reason")
+                try:
+                    messages = list(item.messages)
+                except Exception:
+                    capture_failed("team messages")
+                else:
+                    try:
+                        output["gen_ai.output.messages"] = _convert.chat_messages(
+                            [m for m in messages if hasattr(m, "to_text") and hasattr(m, "source")][-1:]
+                        )
+                    except Exception:
+                        capture_failed("team output")
+                    output["autogen.messages"] = len(messages)
                 state["output"] = output
 
         def on_end(error: BaseException | None) -> None:
