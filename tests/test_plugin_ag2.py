@@ -232,6 +232,31 @@ TWO_AGENT_TREE = [
 ]  # fmt: skip
 
 
+def assert_lost_only(
+    spans: list[voltline.Span], reference: list[voltline.Span], lost: dict[str, set[str]]
+) -> None:
+    """Each span is its reference span minus the attributes `lost` lists for its kind, in the same order.
+
+    Both lists are sorted by sequence. Every listed attribute must have been in the reference
+    to lose, so that a test listing one the reference never had cannot pass by accident.
+    """
+
+    def comparable(attributes: dict[str, Any]) -> dict[str, Any]:
+        # AutoGen's invocation ids are fresh uuids on every run.
+        return {**attributes, "ag2.invocation_id": "..."} if "ag2.invocation_id" in attributes else attributes
+
+    seen: dict[str, set[str]] = {kind: set() for kind in lost}
+    for mine, theirs in zip(spans, reference, strict=True):
+        assert (mine.kind, mine.name, mine.status) == (theirs.kind, theirs.name, theirs.status)
+        gone = lost.get(theirs.kind, set())
+        kept = {k: v for k, v in theirs.attributes.items() if k not in gone}
+        assert comparable(mine.attributes) == comparable(kept), mine.name
+        assert list(mine.attributes) == list(kept), mine.name
+        if theirs.kind in seen:
+            seen[theirs.kind] |= theirs.attributes.keys() & gone
+    assert seen == lost  # every attribute listed as lost was there to lose
+
+
 # tests ------------------------------------------------------------------------------------
 def test_plugin_is_found_through_its_entry_point(ag2_only: None) -> None:
     [info] = [p for p in _plugins.plugins() if p.name == "ag2"]
@@ -515,23 +540,103 @@ def test_a_failing_converter_loses_only_its_attributes(
         "tool": {"gen_ai.tool.call.arguments", "gen_ai.tool.call.result"},
         "message": {"message.content", "message.role", "message.tool_calls", "message.tool_responses"},
     }
-
-    def comparable(attributes: dict[str, Any]) -> dict[str, Any]:
-        return {**attributes, "ag2.invocation_id": "..."} if "ag2.invocation_id" in attributes else attributes
-
-    seen: dict[str, set[str]] = {kind: set() for kind in lost}
-    for mine, theirs in zip(spans, reference, strict=True):
-        assert (mine.kind, mine.name, mine.status) == (theirs.kind, theirs.name, theirs.status)
-        kept = {k: v for k, v in theirs.attributes.items() if k not in lost[theirs.kind]}
-        assert comparable(mine.attributes) == comparable(kept), mine.name
-        seen[theirs.kind] |= theirs.attributes.keys() & lost[theirs.kind]
-    assert seen == lost  # every attribute listed as lost was there to lose
+    assert_lost_only(spans, reference, lost)
 
     # A function run outside execute_function: the runtime logger's tool span keeps its name.
     [tool] = [s for s in direct_chat(store) if s.kind == "tool"]
     assert (tool.name, tool.agent_name) == ("execute_tool add", "user")
     assert tool.attributes["gen_ai.tool.name"] == "add"
     assert not {"gen_ai.tool.call.arguments", "gen_ai.tool.call.result"} & tool.attributes.keys()
+
+
+class Unreadable(Exception):
+    """What an odd response's property raises: not AttributeError, which `getattr(..., None)` absorbs."""
+
+
+class OddResponse:
+    """A model response (or one of its choices) read through to a real one, but with properties that raise.
+
+    The shape a custom client's own response class, or a newer ag2, might hand the runtime logger.
+    """
+
+    def __init__(self, real: Any, broken: frozenset[str]) -> None:
+        self._real = real
+        self._broken = broken
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._broken:
+            raise Unreadable(f"{name} of an odd response")
+        value = getattr(self._real, name)
+        if name == "choices":
+            return [OddResponse(choice, self._broken) for choice in value]
+        return value
+
+
+@pytest.mark.parametrize(
+    ("broken", "lost", "failures_per_call"),
+    [
+        pytest.param(
+            frozenset({"id", "model", "usage", "prompt_token_ids", "finish_reason", "token_ids", "logprobs"}),
+            {
+                "gen_ai.response.id",
+                "gen_ai.response.model",
+                "gen_ai.response.finish_reasons",
+                "gen_ai.usage.input_tokens",
+                "gen_ai.usage.output_tokens",
+                "prompt_token_ids",
+                "response_token_ids",
+                "response_logprobs",
+            },
+            7,  # id, model, finish reasons, usage (both counts at once), the three token lists
+            id="response-and-choice-fields",
+        ),
+        pytest.param(
+            frozenset({"choices"}),
+            {
+                "gen_ai.output.messages",
+                "gen_ai.response.finish_reasons",
+                "response_token_ids",
+                "response_logprobs",
+            },
+            1,
+            id="choices",
+        ),
+    ],
+)
+def test_an_unreadable_response_field_loses_only_its_attribute(
+    ag2_only: None,
+    store: voltline.Store,
+    monkeypatch: pytest.MonkeyPatch,
+    broken: frozenset[str],
+    lost: set[str],
+    failures_per_call: int,
+) -> None:
+    from voltline_ag2._capture import Capture
+
+    voltline.instrument()
+    with voltline.rollout("reference", store=store) as ref:
+        _, _, expected = two_agent_chat()
+    reference = sorted(spans_of(store, ref), key=lambda s: s.sequence)
+
+    # ag2 itself reads the id off the response it returns, so the odd shape goes to the capture
+    # only: the conversation must stay the reference's for the spans to be comparable.
+    llm_completed = Capture.llm_completed
+
+    def odd(self: Capture, agent: Any, request: Any, response: Any, *rest: Any) -> None:
+        llm_completed(self, agent, request, OddResponse(response, broken), *rest)
+
+    monkeypatch.setattr(Capture, "llm_completed", odd)
+    errors_before = voltline.emitter_stats()["capture_errors"]
+    with voltline.rollout("odd response", store=store) as r:
+        _, _, result = two_agent_chat()
+    assert (result.chat_history, result.summary) == (expected.chat_history, expected.summary)
+    spans = sorted(spans_of(store, r), key=lambda s: s.sequence)
+    assert tree(spans) == TWO_AGENT_TREE  # both llm spans recorded, ended and under their turns
+    llm = [s for s in spans if s.kind == "llm"]
+    assert all(s.end_time is not None and s.status == "ok" for s in llm)
+    # Each unreadable read is reported on its own through the plugin's failure counter.
+    assert voltline.emitter_stats()["capture_errors"] - errors_before == failures_per_call * len(llm)
+    assert_lost_only(spans, reference, {"llm": lost})
 
 
 def test_an_agent_exception_propagates_unchanged_and_marks_the_spans(

@@ -2,8 +2,9 @@
 
 Pure functions with no framework imports: AutoGen hands us dicts, strings, OpenAI SDK
 objects or a custom client's own response objects, so everything here is duck-typed.
-The attribute builders take the caller's `failed(where)` and convert each payload on its own:
-one that raises is reported there (from inside the `except`) and left out, the rest is kept.
+The attribute builders take the caller's `failed(where)` and convert each payload (and read
+each field of a model response) on its own: one that raises is reported there (from inside
+the `except`) and left out, the rest is kept.
 """
 
 from __future__ import annotations
@@ -161,7 +162,13 @@ def llm_attributes(
     if isinstance(response, str):  # AutoGen logs failed calls as "error_code:..., config i failed"
         attrs["error.message"] = response
         return {k: v for k, v in attrs.items() if v is not None}
-    choices = field(response, "choices") or []
+    # A custom client or a newer AutoGen can hand over any shape, and `field` absorbs only a
+    # missing attribute, not a property that raises: each read costs only its own attribute.
+    try:
+        choices = list(field(response, "choices") or [])
+    except Exception:  # outputs, finish reasons, token ids and logprobs all come from the choices
+        failed("reading the response's choices")
+        choices = []
     first = choices[0] if choices else None
     try:
         outputs = [jsonable(field(choice, "message")) for choice in choices] or None
@@ -169,25 +176,53 @@ def llm_attributes(
         failed("converting gen_ai.output.messages")
         outputs = None
     try:
+        response_id = field(response, "id")
+    except Exception:
+        failed("converting gen_ai.response.id")
+        response_id = None
+    try:
+        response_model = field(response, "model")
+    except Exception:
+        failed("converting gen_ai.response.model")
+        response_model = None
+    try:
+        finish_reasons = [field(c, "finish_reason") for c in choices if field(c, "finish_reason")] or None
+    except Exception:
+        failed("converting gen_ai.response.finish_reasons")
+        finish_reasons = None
+    try:
         input_tokens, output_tokens = _usage(response)
     except Exception:
         failed("converting gen_ai.usage")
         input_tokens = output_tokens = None
+    try:
+        prompt_token_ids = _token_ids(field(response, "prompt_token_ids")) or _token_ids(
+            field(first, "prompt_token_ids")
+        )
+    except Exception:
+        failed("converting prompt_token_ids")
+        prompt_token_ids = None
+    try:
+        response_token_ids = _token_ids(field(first, "token_ids"))
+    except Exception:
+        failed("converting response_token_ids")
+        response_token_ids = None
+    try:
+        response_logprobs = _logprobs(first) if first is not None else None
+    except Exception:
+        failed("converting response_logprobs")
+        response_logprobs = None
     attrs.update(
         {
-            "gen_ai.response.id": field(response, "id"),
-            "gen_ai.response.model": field(response, "model"),
+            "gen_ai.response.id": response_id,
+            "gen_ai.response.model": response_model,
             "gen_ai.output.messages": outputs,
-            "gen_ai.response.finish_reasons": [
-                field(c, "finish_reason") for c in choices if field(c, "finish_reason")
-            ]
-            or None,
+            "gen_ai.response.finish_reasons": finish_reasons,
             "gen_ai.usage.input_tokens": input_tokens,
             "gen_ai.usage.output_tokens": output_tokens,
-            "prompt_token_ids": _token_ids(field(response, "prompt_token_ids"))
-            or _token_ids(field(first, "prompt_token_ids")),
-            "response_token_ids": _token_ids(field(first, "token_ids")),
-            "response_logprobs": _logprobs(first) if first is not None else None,
+            "prompt_token_ids": prompt_token_ids,
+            "response_token_ids": response_token_ids,
+            "response_logprobs": response_logprobs,
         }
     )
     if attrs["gen_ai.request.model"] is None:
