@@ -36,8 +36,8 @@ from llama_index.core.agent.workflow import (
 )
 from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.instrumentation import get_dispatcher, root_manager
-from llama_index.core.llms import ChatMessage
-from llama_index.core.tools import FunctionTool
+from llama_index.core.llms import ChatMessage, LLMMetadata, MockLLM
+from llama_index.core.tools import FunctionTool, ToolMetadata
 from voltline_llamaindex import _convert, _tracker
 from voltline_llamaindex._tracker import Tracker
 from voltline_llamaindex.testing import ScriptedLLM, ToolCalls
@@ -126,7 +126,7 @@ def broken_scale(item: str) -> float:
     raise ValueError(f"scale offline while weighing {item}")
 
 
-def function_agent(**kwargs: Any) -> FunctionAgent:
+def function_agent(tools: list[Any] | None = None, **kwargs: Any) -> FunctionAgent:
     llm = ScriptedLLM(
         [
             ToolCalls(("lookup", {"query": "bolts per crate"}, "call_1")),
@@ -134,7 +134,7 @@ def function_agent(**kwargs: Any) -> FunctionAgent:
             "3 crates hold 120 bolts.",
         ]
     )
-    tools = [FunctionTool.from_defaults(lookup), FunctionTool.from_defaults(multiply)]
+    tools = tools or [FunctionTool.from_defaults(lookup), FunctionTool.from_defaults(multiply)]
     return FunctionAgent(name="stockkeeper", tools=tools, llm=llm, system_prompt="Use the tools.", **kwargs)
 
 
@@ -619,6 +619,122 @@ def test_a_failing_converter_loses_only_its_attributes(
             "llm": {"gen_ai.input.messages", "gen_ai.output.messages"},
         },
     )
+
+
+def edited(span: voltline.Span, changes: dict[str, Any]) -> voltline.Span:
+    """`span` with some attributes replaced, a None value removing that attribute; each must
+    have been recorded (the span is a reference run's, where nothing failed)."""
+    assert changes.keys() <= span.attributes.keys()
+    attrs = {k: changes.get(k, v) for k, v in span.attributes.items()}
+    return span.model_copy(update={"attributes": {k: v for k, v in attrs.items() if v is not None}})
+
+
+ALL_KINDS_INTACT = {"agent": set(), "chain": set(), "llm": set(), "tool": set()}
+
+
+def test_a_model_dict_that_is_not_a_mapping_loses_only_the_provider(
+    store: voltline.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    voltline.instrument()
+    with voltline.rollout(QUESTION, store=store) as ref:
+        expected = asyncio.run(run_streaming(function_agent()))
+    reference = spans_of(store, ref)
+    index = small_index()
+
+    def query() -> str:
+        # MockLLM has no `model` field: its model name can only come from model_dict.
+        return str(index.as_query_engine(llm=MockLLM(), similarity_top_k=1).query("bolts per crate?"))
+
+    with voltline.rollout("bolts", store=store) as ref_query:
+        expected_query = query()
+    reference_query = spans_of(store, ref_query)
+    assert tree(reference_query)[-1] == "    llm text_completion unknown @None"
+
+    real_get = _convert.get
+
+    def get(obj: Any, *path: str | int) -> Any:
+        value = real_get(obj, *path)
+        if path == ("model_dict",):  # as a newer LlamaIndex might send it: an object, not a dict
+            return LLMMetadata.model_validate(value)
+        return value
+
+    monkeypatch.setattr(_convert, "get", get)
+    errors_before = voltline.emitter_stats()["capture_errors"]
+    with voltline.rollout(QUESTION, store=store) as r:
+        assert asyncio.run(run_streaming(function_agent())) == expected
+    # ScriptedLLM's model is its own field; its provider (model_dict's class name) fails, per call.
+    assert voltline.emitter_stats()["capture_errors"] - errors_before == 3
+    spans = spans_of(store, r)
+    assert tree(spans) == ["agent invoke_agent stockkeeper @stockkeeper", *AGENT_STEPS]
+    assert_lost(reference, spans, {**ALL_KINDS_INTACT, "llm": {"gen_ai.provider.name"}})
+
+    errors_before = voltline.emitter_stats()["capture_errors"]
+    with voltline.rollout("bolts", store=store) as r:
+        assert query() == expected_query
+    assert voltline.emitter_stats()["capture_errors"] - errors_before == 2  # model name, provider
+    spans = spans_of(store, r)
+    assert tree(spans) == tree(reference_query)  # the model call is still named, as unknown
+    assert_lost(reference_query, spans, {"chain": set(), "retriever": set(), "llm": {"gen_ai.provider.name"}})
+
+
+def test_a_tool_whose_name_cannot_be_read_keeps_its_span(
+    store: voltline.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    voltline.instrument()
+    with voltline.rollout(QUESTION, store=store) as ref:
+        expected = asyncio.run(run_streaming(function_agent()))
+    reference = spans_of(store, ref)
+    real_get = _convert.get
+
+    def get(obj: Any, *path: str | int) -> Any:
+        if path == ("metadata", "name") and real_get(obj, *path) == "multiply":
+            raise TypeError("a tool's metadata a newer LlamaIndex changed")
+        return real_get(obj, *path)
+
+    monkeypatch.setattr(_convert, "get", get)
+    errors_before = voltline.emitter_stats()["capture_errors"]
+    with voltline.rollout(QUESTION, store=store) as r:
+        assert asyncio.run(run_streaming(function_agent())) == expected
+    # The tool's span, and its entry in the tool list of each of the 3 model calls.
+    assert voltline.emitter_stats()["capture_errors"] - errors_before == 1 + 3
+    spans = spans_of(store, r)
+    assert tree(spans) == [
+        "agent invoke_agent stockkeeper @stockkeeper",
+        *[line.replace("execute_tool multiply", "execute_tool FunctionTool") for line in AGENT_STEPS],
+    ]
+    lookup_definition, multiply_definition = only(reference, "llm")[0].attributes["gen_ai.tool.definitions"]
+    without_name = [lookup_definition, {"description": multiply_definition["description"]}]
+    expected_spans = [
+        edited(s, {"gen_ai.tool.name": None})
+        if s.name == "execute_tool multiply"
+        else edited(s, {"gen_ai.tool.definitions": without_name})
+        if s.kind == "llm"
+        else s
+        for s in reference
+    ]
+    assert_lost(expected_spans, spans, ALL_KINDS_INTACT)
+
+
+def test_a_tool_whose_description_is_none_is_listed_without_one(store: voltline.Store) -> None:
+    voltline.instrument()
+    with voltline.rollout(QUESTION, store=store) as ref:
+        expected = asyncio.run(run_streaming(function_agent()))
+    reference = spans_of(store, ref)
+    # ToolMetadata is a plain dataclass: nothing stops a description of None.
+    undescribed = FunctionTool(multiply, ToolMetadata(name="multiply", description=None))
+    errors_before = voltline.emitter_stats()["capture_errors"]
+    with voltline.rollout(QUESTION, store=store) as r:
+        tools = [FunctionTool.from_defaults(lookup), undescribed]
+        assert asyncio.run(run_streaming(function_agent(tools))) == expected
+    assert voltline.emitter_stats()["capture_errors"] == errors_before  # nothing failed
+    spans = spans_of(store, r)
+    assert tree(spans) == ["agent invoke_agent stockkeeper @stockkeeper", *AGENT_STEPS]
+    lookup_definition, _ = only(reference, "llm")[0].attributes["gen_ai.tool.definitions"]
+    no_description = [lookup_definition, {"name": "multiply"}]  # absent, not the text "None"
+    expected_spans = [
+        edited(s, {"gen_ai.tool.definitions": no_description}) if s.kind == "llm" else s for s in reference
+    ]
+    assert_lost(expected_spans, spans, ALL_KINDS_INTACT)
 
 
 def test_uninstrument_restores_the_dispatchers_and_records_nothing_after(store: voltline.Store) -> None:

@@ -170,8 +170,13 @@ class Tracker:
         if method in _TOOL_METHODS and self._is(instance, "tool"):
             if anchor is not None and anchor.handle.kind == "tool" and anchor.instance is instance:
                 return None  # __call__ -> call of the same tool: one span
-            name = cv.get(instance, "metadata", "name") or type(instance).__name__
-            attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name}
+            attrs = {"gen_ai.operation.name": "execute_tool"}
+            try:
+                name = cv.get(instance, "metadata", "name") or type(instance).__name__
+                attrs["gen_ai.tool.name"] = name
+            except Exception:  # the span is still recorded, named after the tool's class
+                self._failed("span_enter")
+                name = type(instance).__name__
             try:
                 arguments = dict(args.get("kwargs") or {})
                 if positional := args.get("args"):
@@ -327,8 +332,17 @@ class Tracker:
             return  # e.g. chat() implemented through complete(): one model call, one span
         model_dict = cv.get(event, "model_dict") or {}
         instance = node.instance if node is not None else None
-        model = cv.get(instance, "model") or model_dict.get("model_name")
+        model = None
+        try:
+            model = cv.get(instance, "model") or model_dict.get("model_name")
+        except Exception:  # e.g. a model_dict that is not a mapping: still recorded, model unknown
+            self._failed("event")
         model = model if isinstance(model, str) and model != "unknown" else None
+        provider = None
+        try:
+            provider = cv.provider_name(model_dict, instance)
+        except Exception:  # the call is still recorded, without its provider
+            self._failed("event")
         inputs = None
         try:
             if chat:
@@ -339,25 +353,30 @@ class Tracker:
             self._failed("event")
         attrs: dict[str, Any] = {
             "gen_ai.operation.name": "chat" if chat else "text_completion",
-            "gen_ai.provider.name": cv.provider_name(model_dict, instance),
+            "gen_ai.provider.name": provider,
             "gen_ai.request.model": model,
             "gen_ai.input.messages": inputs,
             "gen_ai.request.stream": node.method.startswith(("stream", "astream")) if node else None,
             "gen_ai.request.temperature": cv.get(instance, "temperature"),
             "gen_ai.request.max_tokens": cv.get(instance, "max_tokens"),
         }
-        tools = cv.get(event, "additional_kwargs", "tools")
-        if tools:
-            try:
-                attrs["gen_ai.tool.definitions"] = [
-                    {
-                        "name": cv.get(t, "metadata", "name"),
-                        "description": _short(cv.get(t, "metadata", "description")),
-                    }
-                    for t in tools
-                ]
-            except Exception:  # the call is still recorded, without them
-                self._failed("event")
+        try:
+            tools = cv.get(event, "additional_kwargs", "tools")
+            if tools:
+                definitions = []
+                for t in tools:
+                    definition: dict[str, Any] = {}
+                    try:
+                        definition["name"] = cv.get(t, "metadata", "name")
+                    except Exception:  # one odd tool costs its own name, not the other tools' entries
+                        self._failed("event")
+                    description = cv.get(t, "metadata", "description")
+                    if description is not None:  # _short would record the text "None"
+                        definition["description"] = _short(description)
+                    definitions.append(definition)
+                attrs["gen_ai.tool.definitions"] = definitions
+        except Exception:  # the call is still recorded, without them
+            self._failed("event")
         attrs = {
             k: v
             for k, v in attrs.items()
