@@ -557,13 +557,19 @@ def assert_lost(
             assert span.status == ref.status
 
 
-def test_a_failing_converter_loses_only_its_attributes(
-    store: voltline.Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def instrumented_reference_run(store: voltline.Store) -> tuple[tuple[str, str], list[voltline.Span]]:
+    """`voltline.instrument()`, then the streaming FunctionAgent run with nothing broken: its
+    answer and spans, what the isolation tests compare a run with a failure against."""
     voltline.instrument()
     with voltline.rollout(QUESTION, store=store) as ref:
         expected = asyncio.run(run_streaming(function_agent()))
-    reference = spans_of(store, ref)
+    return expected, spans_of(store, ref)
+
+
+def test_a_failing_converter_loses_only_its_attributes(
+    store: voltline.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected, reference = instrumented_reference_run(store)
     check_function_agent_spans(reference, stream=True)
     index = small_index()
     with voltline.rollout("bolts", store=store) as ref_query:
@@ -635,10 +641,7 @@ ALL_KINDS_INTACT = {"agent": set(), "chain": set(), "llm": set(), "tool": set()}
 def test_a_model_dict_that_is_not_a_mapping_loses_only_the_provider(
     store: voltline.Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    voltline.instrument()
-    with voltline.rollout(QUESTION, store=store) as ref:
-        expected = asyncio.run(run_streaming(function_agent()))
-    reference = spans_of(store, ref)
+    expected, reference = instrumented_reference_run(store)
     index = small_index()
 
     def query() -> str:
@@ -680,10 +683,7 @@ def test_a_model_dict_that_is_not_a_mapping_loses_only_the_provider(
 def test_a_tool_whose_name_cannot_be_read_keeps_its_span(
     store: voltline.Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    voltline.instrument()
-    with voltline.rollout(QUESTION, store=store) as ref:
-        expected = asyncio.run(run_streaming(function_agent()))
-    reference = spans_of(store, ref)
+    expected, reference = instrumented_reference_run(store)
     real_get = _convert.get
 
     def get(obj: Any, *path: str | int) -> Any:
@@ -716,10 +716,7 @@ def test_a_tool_whose_name_cannot_be_read_keeps_its_span(
 
 
 def test_a_tool_whose_description_is_none_is_listed_without_one(store: voltline.Store) -> None:
-    voltline.instrument()
-    with voltline.rollout(QUESTION, store=store) as ref:
-        expected = asyncio.run(run_streaming(function_agent()))
-    reference = spans_of(store, ref)
+    expected, reference = instrumented_reference_run(store)
     # ToolMetadata is a plain dataclass: nothing stops a description of None.
     undescribed = FunctionTool(multiply, ToolMetadata(name="multiply", description=None))
     errors_before = voltline.emitter_stats()["capture_errors"]
