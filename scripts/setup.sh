@@ -39,5 +39,8 @@ if [ "${1:-}" = "--dev" ]; then
   # put .venv/test-plugins on their path (pyproject.toml), so `voltline` itself never loads them.
   # Earlier setups installed it into the venv; take it out of there.
   .venv/bin/python -m pip uninstall --quiet --yes voltline-testdist >/dev/null 2>&1 || true
+  # setuptools builds in the fixture's build/ and keeps what it finds there: a module deleted
+  # from the fixture would still be installed from an earlier build.
+  rm -rf tests/fixtures/voltline-testdist/build
   "${pip[@]}" --no-deps --upgrade --target .venv/test-plugins tests/fixtures/voltline-testdist
 fi
