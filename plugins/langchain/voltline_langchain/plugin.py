@@ -18,7 +18,7 @@ __all__ = ["SUPPORTED", "LangChainIntegration", "register_integrations"]
 
 log = logging.getLogger("voltline.langchain")
 
-SUPPORTED = ">=1.0,<2"  # langchain-core; keep in step with pyproject.toml
+SUPPORTED = ">=1.2.10,<2"  # langchain-core; keep in step with pyproject.toml
 
 
 class LangChainIntegration:

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Run each plugin's tests against the lowest framework versions its pyproject.toml declares, each
+# in a venv of its own under .venv-floors/ (the main .venv holds the newest releases, which the
+# README's test command tests). CI runs both. Usage: scripts/test-floors.sh [plugin ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+
+# plugin | its test file | the floor: pins at each declared lower bound, plus any pin the floor
+# needs to import at all (noted). Keep in step with the plugins' pyproject.toml.
+floors=(
+  # langgraph-prebuilt 1.0.10 declares langgraph 1.1 compatible but imports names langgraph 1.1.1
+  # lacks: pip would pick it and create_agent would not import.
+  "langchain|tests/test_plugin_langchain.py|langchain-core==1.2.10 langchain==1.2.13 langgraph==1.1.1 langgraph-prebuilt==1.0.8"
+)
+
+wanted=("$@")
+status=0
+for entry in "${floors[@]}"; do
+  IFS='|' read -r plugin tests pins <<<"$entry"
+  if [ ${#wanted[@]} -gt 0 ] && [[ ! " ${wanted[*]} " == *" $plugin "* ]]; then
+    continue
+  fi
+  venv=.venv-floors/$plugin
+  echo "==> $plugin at its floor: $pins"
+  [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+  extra=""
+  if grep -q '^examples *=' "plugins/$plugin/pyproject.toml"; then extra="[examples]"; fi
+  # shellcheck disable=SC2086  # $pins is a list of requirement specifiers
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -e core -e "plugins/$plugin$extra" $pins "pytest>=8" "pytest-timeout>=2.3"
+  names=$(for pin in $pins; do echo "${pin%%[=<>]*}"; done | paste -sd'|')
+  "$venv/bin/python" -m pip list --disable-pip-version-check 2>/dev/null | grep -iE "^($names) " \
+    | sed 's/^/    /' || true
+  if ! "$venv/bin/python" -m pytest -q -p no:cacheprovider "$tests"; then
+    echo "==> $plugin FAILED at its floor" >&2
+    status=1
+  fi
+done
+exit $status
