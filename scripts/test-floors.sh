@@ -13,6 +13,9 @@ floors=(
   # langgraph-prebuilt 1.0.10 declares langgraph 1.1 compatible but imports names langgraph 1.1.1
   # lacks: pip would pick it and create_agent would not import.
   "langchain|tests/test_plugin_langchain.py|langchain-core==1.2.10 langchain==1.2.13 langgraph==1.1.1 langgraph-prebuilt==1.0.8"
+  # The OpenAI client tests need autogen-ext's openai extra (requirements-dev.txt has it too).
+  "autogen|tests/test_plugin_autogen.py|autogen-agentchat==0.7.0 autogen-core==0.7.0 autogen-ext[openai]==0.7.0"
+  "llamaindex|tests/test_plugin_llamaindex.py|llama-index-core==0.14.25 llama-index-instrumentation==0.4.3"
 )
 
 wanted=("$@")
@@ -30,7 +33,7 @@ for entry in "${floors[@]}"; do
   # shellcheck disable=SC2086  # $pins is a list of requirement specifiers
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     -e core -e "plugins/$plugin$extra" $pins "pytest>=8" "pytest-timeout>=2.3"
-  names=$(for pin in $pins; do echo "${pin%%[=<>]*}"; done | paste -sd'|')
+  names=$(for pin in $pins; do echo "${pin%%[[=<>]*}"; done | paste -sd'|')
   "$venv/bin/python" -m pip list --disable-pip-version-check 2>/dev/null | grep -iE "^($names) " \
     | sed 's/^/    /' || true
   if ! "$venv/bin/python" -m pytest -q -p no:cacheprovider "$tests"; then

@@ -763,6 +763,10 @@ def test_the_plugin_is_found_through_its_entry_point(
     integration = lc_plugin.LangChainIntegration()
     monkeypatch.setattr(importlib.metadata, "version", lambda dist: "2.0.0")
     assert integration.available() is False  # a future major release is not claimed
+    monkeypatch.setattr(importlib.metadata, "version", lambda dist: "1.2.9")
+    assert integration.available() is False  # nor one below the tested floor (scripts/test-floors.sh)
+    monkeypatch.setattr(importlib.metadata, "version", lambda dist: "1.2.10")
+    assert integration.available() is True
 
 
 # the example ---------------------------------------------------------------------------------

@@ -501,7 +501,7 @@ def test_plugin_is_discovered_through_its_entry_point() -> None:
 
 @pytest.mark.parametrize(
     ("installed", "ok"),
-    [("0.14.0", True), ("0.14.25", True), ("0.13.9", False), ("0.15.0", False), ("0.15.0rc1", False)],
+    [("0.14.25", True), ("0.14.30", True), ("0.14.24", False), ("0.15.0", False), ("0.15.0rc1", False)],
 )
 def test_available_checks_the_supported_version(
     monkeypatch: pytest.MonkeyPatch, installed: str, ok: bool

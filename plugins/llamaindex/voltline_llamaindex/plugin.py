@@ -19,7 +19,7 @@ __all__ = ["SUPPORTED", "LlamaIndexIntegration", "register_integrations"]
 log = logging.getLogger("voltline.llamaindex")
 
 # The llama-index-core versions this plugin is tested against: its dependency in pyproject.toml.
-SUPPORTED = ">=0.14,<0.15"
+SUPPORTED = ">=0.14.25,<0.15"
 
 
 class LlamaIndexIntegration:
