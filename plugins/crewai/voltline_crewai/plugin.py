@@ -14,7 +14,7 @@ from voltline.hookspecs import hookimpl, installed_in
 __all__ = ["SUPPORTED", "CrewAIIntegration", "register_integrations"]
 
 # As in pyproject.toml (tested: 1.15.30): the `crewai.events` bus with paired, sequenced events.
-SUPPORTED = ">=1.15,<2"
+SUPPORTED = ">=1.15.17,<2"
 
 
 class CrewAIIntegration:
