@@ -42,8 +42,11 @@ for entry in "${floors[@]}"; do
   names=$(for pin in $pins; do echo "${pin%%[[=<>]*}"; done | paste -sd'|')
   "$venv/bin/python" -m pip list --disable-pip-version-check 2>/dev/null | grep -iE "^($names) " \
     | sed 's/^/    /' || true
-  # stdin closed: CrewAI may otherwise wait for an answer about its trace viewer.
-  if ! "$venv/bin/python" -m pytest -q -p no:cacheprovider "$tests" </dev/null; then
+  # stdin closed: CrewAI may otherwise wait for an answer about its trace viewer. Its app data
+  # (kept per working-directory name, so shared with the main test run) goes beside the venv: an
+  # older CrewAI cannot read the task outputs a newer one stored there.
+  if ! CREWAI_STORAGE_DIR="$PWD/$venv/crewai-storage" \
+      "$venv/bin/python" -m pytest -q -p no:cacheprovider "$tests" </dev/null; then
     echo "==> $plugin FAILED at its floor" >&2
     status=1
   fi
