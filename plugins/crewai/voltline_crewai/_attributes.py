@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 __all__ = ["EndSpec", "StartSpec", "end_spec", "start_spec", "tool_calls_of"]
@@ -146,6 +147,16 @@ def _args(value: Any) -> Any:
     return _plain(value)
 
 
+def _put(
+    failed: Callable[[str], None], etype: str, attrs: dict[str, Any], key: str, convert: Callable[[], Any]
+) -> None:
+    """Set ``attrs[key] = convert()``; a conversion that raises costs only this attribute."""
+    try:
+        attrs[key] = convert()
+    except Exception:
+        failed(f"{etype}: converting {key}")
+
+
 def start_spec(event: Any, source: Any, failed: Callable[[str], None]) -> StartSpec:
     """The span a scope-starting event opens (kind None: none of its own).
 
@@ -154,24 +165,23 @@ def start_spec(event: Any, source: Any, failed: Callable[[str], None]) -> StartS
     under it). ``failed(where)`` reports such a failure; it is called inside the except block.
     """
     etype = getattr(event, "type", "")
+    put = partial(_put, failed, etype)
     attrs: dict[str, Any]
     if etype == "crew_kickoff_started":
         name = getattr(event, "crew_name", None) or "crew"
         attrs = {"crewai.crew.name": name}
-        try:
-            attrs["crewai.crew.inputs"] = _plain(getattr(event, "inputs", None))
-        except Exception:
-            failed(f"{etype}: converting crewai.crew.inputs")
+        put(attrs, "crewai.crew.inputs", lambda: _plain(getattr(event, "inputs", None)))
         return StartSpec("chain", f"crew {name}", _drop_none(attrs))
     if etype == "task_started":
         task = getattr(event, "task", None)
         name = getattr(event, "task_name", None) or getattr(task, "name", None) or "task"
         agent = getattr(task, "agent", None)
         attrs = {}
-        try:
-            attrs["crewai.task.id"] = getattr(event, "task_id", None) or _plain(getattr(task, "id", None))
-        except Exception:
-            failed(f"{etype}: converting crewai.task.id")
+        put(
+            attrs,
+            "crewai.task.id",
+            lambda: getattr(event, "task_id", None) or _plain(getattr(task, "id", None)),
+        )
         attrs.update(
             {
                 "crewai.task.name": name,
@@ -186,51 +196,31 @@ def start_spec(event: Any, source: Any, failed: Callable[[str], None]) -> StartS
         agent = getattr(event, "agent", None)
         role = getattr(agent, "role", None) or "agent"
         attrs = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": role}
-        try:
-            attrs["gen_ai.agent.id"] = str(agent.id) if getattr(agent, "id", None) is not None else None
-        except Exception:
-            failed(f"{etype}: converting gen_ai.agent.id")
+        put(
+            attrs,
+            "gen_ai.agent.id",
+            lambda: str(agent.id) if getattr(agent, "id", None) is not None else None,
+        )
         attrs["crewai.agent.goal"] = getattr(agent, "goal", None)
-        try:
-            attrs["crewai.agent.tools"] = _tool_names(getattr(event, "tools", None))
-        except Exception:
-            failed(f"{etype}: converting crewai.agent.tools")
+        put(attrs, "crewai.agent.tools", lambda: _tool_names(getattr(event, "tools", None)))
         attrs["crewai.task.prompt"] = getattr(event, "task_prompt", None)
         return StartSpec("agent", role, _drop_none(attrs), agent_name=role)
     if etype == "lite_agent_execution_started":
         info = getattr(event, "agent_info", None) or {}
         role = str(info.get("role") or "agent")
         attrs = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": role}
-        try:
-            attrs["gen_ai.agent.id"] = _plain(info.get("id"))
-        except Exception:
-            failed(f"{etype}: converting gen_ai.agent.id")
+        put(attrs, "gen_ai.agent.id", lambda: _plain(info.get("id")))
         attrs["crewai.agent.goal"] = info.get("goal")
-        try:
-            attrs["crewai.agent.tools"] = _tool_names(getattr(event, "tools", None))
-        except Exception:
-            failed(f"{etype}: converting crewai.agent.tools")
-        try:
-            attrs["gen_ai.input.messages"] = _plain(getattr(event, "messages", None))
-        except Exception:
-            failed(f"{etype}: converting gen_ai.input.messages")
+        put(attrs, "crewai.agent.tools", lambda: _tool_names(getattr(event, "tools", None)))
+        put(attrs, "gen_ai.input.messages", lambda: _plain(getattr(event, "messages", None)))
         return StartSpec("agent", role, _drop_none(attrs), agent_name=role)
     if etype == "llm_call_started":
         model = getattr(event, "model", None) or getattr(source, "model", None) or "unknown"
         attrs = {"gen_ai.operation.name": "chat"}
-        try:
-            attrs["gen_ai.provider.name"] = _plain(getattr(source, "provider", None))
-        except Exception:
-            failed(f"{etype}: converting gen_ai.provider.name")
+        put(attrs, "gen_ai.provider.name", lambda: _plain(getattr(source, "provider", None)))
         attrs["gen_ai.request.model"] = model
-        try:
-            attrs["gen_ai.input.messages"] = _plain(getattr(event, "messages", None))
-        except Exception:
-            failed(f"{etype}: converting gen_ai.input.messages")
-        try:
-            attrs["gen_ai.tool.definitions"] = _tool_definitions(getattr(event, "tools", None))
-        except Exception:
-            failed(f"{etype}: converting gen_ai.tool.definitions")
+        put(attrs, "gen_ai.input.messages", lambda: _plain(getattr(event, "messages", None)))
+        put(attrs, "gen_ai.tool.definitions", lambda: _tool_definitions(getattr(event, "tools", None)))
         attrs.update(
             {
                 "gen_ai.request.temperature": getattr(event, "temperature", None),
@@ -248,10 +238,7 @@ def start_spec(event: Any, source: Any, failed: Callable[[str], None]) -> StartS
     if etype in TOOL_SCOPES:
         name = str(getattr(event, "tool_name", None) or "tool")
         attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name}
-        try:
-            attrs["gen_ai.tool.call.arguments"] = _args(getattr(event, "tool_args", None))
-        except Exception:
-            failed(f"{etype}: converting gen_ai.tool.call.arguments")
+        put(attrs, "gen_ai.tool.call.arguments", lambda: _args(getattr(event, "tool_args", None)))
         attrs["crewai.tool.run_attempts"] = getattr(event, "run_attempts", None)
         return StartSpec(
             "tool", f"execute_tool {name}", _drop_none(attrs), agent_name=getattr(event, "agent_role", None)
@@ -279,55 +266,39 @@ def end_spec(event: Any, failed: Callable[[str], None]) -> EndSpec:
     attribute(s), and the span still ends (an unended span would never be recorded).
     """
     etype = getattr(event, "type", "")
+    put = partial(_put, failed, etype)
     attrs: dict[str, Any] = {}
     if etype == "llm_call_completed":
-        try:
-            attrs["gen_ai.output.messages"] = _output_messages(getattr(event, "response", None))
-        except Exception:
-            failed(f"{etype}: converting gen_ai.output.messages")
+        put(attrs, "gen_ai.output.messages", lambda: _output_messages(getattr(event, "response", None)))
         finish = getattr(event, "finish_reason", None)
         attrs["gen_ai.response.id"] = getattr(event, "response_id", None)
         attrs["gen_ai.response.model"] = getattr(event, "model", None)
         attrs["gen_ai.response.finish_reasons"] = [finish] if finish else None
-        try:
-            attrs["crewai.llm.call_type"] = _plain(getattr(getattr(event, "call_type", None), "value", None))
-        except Exception:
-            failed(f"{etype}: converting crewai.llm.call_type")
+        put(
+            attrs,
+            "crewai.llm.call_type",
+            lambda: _plain(getattr(getattr(event, "call_type", None), "value", None)),
+        )
         try:
             attrs.update(_usage(getattr(event, "usage", None)))
         except Exception:
             failed(f"{etype}: converting gen_ai.usage")
         return EndSpec(_drop_none(attrs))
     if etype == "tool_usage_finished":
-        try:
-            attrs["gen_ai.tool.call.result"] = _plain(getattr(event, "output", None))
-        except Exception:
-            failed(f"{etype}: converting gen_ai.tool.call.result")
+        put(attrs, "gen_ai.tool.call.result", lambda: _plain(getattr(event, "output", None)))
         attrs["crewai.tool.from_cache"] = getattr(event, "from_cache", None)
         failure = getattr(event, "failure", None)
         if failure is not None:  # the tool returned, but reported that it did not do the work
-            try:
-                attrs["crewai.tool.failure"] = _plain(getattr(failure, "message", failure))
-            except Exception:
-                failed(f"{etype}: converting crewai.tool.failure")
+            put(attrs, "crewai.tool.failure", lambda: _plain(getattr(failure, "message", failure)))
         return EndSpec(_drop_none(attrs))
     if etype in ("agent_execution_completed", "lite_agent_execution_completed"):
-        try:
-            attrs["crewai.agent.output"] = _output(getattr(event, "output", None))
-        except Exception:
-            failed(f"{etype}: converting crewai.agent.output")
+        put(attrs, "crewai.agent.output", lambda: _output(getattr(event, "output", None)))
         return EndSpec(_drop_none(attrs))
     if etype == "task_completed":
-        try:
-            attrs["crewai.task.output"] = _output(getattr(event, "output", None))
-        except Exception:
-            failed(f"{etype}: converting crewai.task.output")
+        put(attrs, "crewai.task.output", lambda: _output(getattr(event, "output", None)))
         return EndSpec(_drop_none(attrs))
     if etype == "crew_kickoff_completed":
-        try:
-            attrs["crewai.crew.output"] = _output(getattr(event, "output", None))
-        except Exception:
-            failed(f"{etype}: converting crewai.crew.output")
+        put(attrs, "crewai.crew.output", lambda: _output(getattr(event, "output", None)))
         attrs["crewai.crew.total_tokens"] = getattr(event, "total_tokens", None)
         return EndSpec(_drop_none(attrs))
     if etype.endswith(("_failed", "_error", "_canceled")):
