@@ -13,6 +13,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 _MAX_DEPTH = 12
@@ -131,6 +132,15 @@ def _token_ids(value: Any) -> list[int] | None:
     return None
 
 
+def _or_none(failed: Callable[[str], None], where: str, convert: Callable[[], Any]) -> Any:
+    """``convert()``, or None when it raises (reported as ``failed(where)`` from the except)."""
+    try:
+        return convert()
+    except Exception:
+        failed(where)
+        return None
+
+
 def llm_attributes(
     request: Any, response: Any, *, cached: Any = None, cost: Any = None, failed: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -141,16 +151,11 @@ def llm_attributes(
     on the response (or its first choice) and `token_ids` on the choice.
     """
     request = request if isinstance(request, Mapping) else {}
-    try:
-        inputs = jsonable(request.get("messages", request.get("prompt")))
-    except Exception:
-        failed("converting gen_ai.input.messages")
-        inputs = None
-    try:
-        tools = jsonable(request.get("tools"))
-    except Exception:
-        failed("converting gen_ai.tool.definitions")
-        tools = None
+    guard = partial(_or_none, failed)
+    inputs = guard(
+        "converting gen_ai.input.messages", lambda: jsonable(request.get("messages", request.get("prompt")))
+    )
+    tools = guard("converting gen_ai.tool.definitions", lambda: jsonable(request.get("tools")))
     attrs: dict[str, Any] = {
         "gen_ai.operation.name": "chat",
         "gen_ai.request.model": request.get("model"),
@@ -163,55 +168,31 @@ def llm_attributes(
         attrs["error.message"] = response
         return {k: v for k, v in attrs.items() if v is not None}
     # A custom client or a newer AutoGen can hand over any shape, and `field` absorbs only a
-    # missing attribute, not a property that raises: each read costs only its own attribute.
-    try:
-        choices = list(field(response, "choices") or [])
-    except Exception:  # outputs, finish reasons, token ids and logprobs all come from the choices
-        failed("reading the response's choices")
-        choices = []
+    # missing attribute, not a property that raises: each read costs only its own attribute
+    # (the choices, all that come from them: outputs, finish reasons, token ids, logprobs).
+    choices = guard("reading the response's choices", lambda: list(field(response, "choices") or [])) or []
     first = choices[0] if choices else None
-    try:
-        outputs = [jsonable(field(choice, "message")) for choice in choices] or None
-    except Exception:
-        failed("converting gen_ai.output.messages")
-        outputs = None
-    try:
-        response_id = field(response, "id")
-    except Exception:
-        failed("converting gen_ai.response.id")
-        response_id = None
-    try:
-        response_model = field(response, "model")
-    except Exception:
-        failed("converting gen_ai.response.model")
-        response_model = None
-    try:
-        finish_reasons = [field(c, "finish_reason") for c in choices if field(c, "finish_reason")] or None
-    except Exception:
-        failed("converting gen_ai.response.finish_reasons")
-        finish_reasons = None
-    try:
-        input_tokens, output_tokens = _usage(response)
-    except Exception:
-        failed("converting gen_ai.usage")
-        input_tokens = output_tokens = None
-    try:
-        prompt_token_ids = _token_ids(field(response, "prompt_token_ids")) or _token_ids(
-            field(first, "prompt_token_ids")
-        )
-    except Exception:
-        failed("converting prompt_token_ids")
-        prompt_token_ids = None
-    try:
-        response_token_ids = _token_ids(field(first, "token_ids"))
-    except Exception:
-        failed("converting response_token_ids")
-        response_token_ids = None
-    try:
-        response_logprobs = _logprobs(first) if first is not None else None
-    except Exception:
-        failed("converting response_logprobs")
-        response_logprobs = None
+    outputs = guard(
+        "converting gen_ai.output.messages",
+        lambda: [jsonable(field(choice, "message")) for choice in choices] or None,
+    )
+    response_id = guard("converting gen_ai.response.id", lambda: field(response, "id"))
+    response_model = guard("converting gen_ai.response.model", lambda: field(response, "model"))
+    finish_reasons = guard(
+        "converting gen_ai.response.finish_reasons",
+        lambda: [field(c, "finish_reason") for c in choices if field(c, "finish_reason")] or None,
+    )
+    input_tokens, output_tokens = guard("converting gen_ai.usage", lambda: _usage(response)) or (None, None)
+    prompt_token_ids = guard(
+        "converting prompt_token_ids",
+        lambda: (
+            _token_ids(field(response, "prompt_token_ids")) or _token_ids(field(first, "prompt_token_ids"))
+        ),
+    )
+    response_token_ids = guard("converting response_token_ids", lambda: _token_ids(field(first, "token_ids")))
+    response_logprobs = guard(
+        "converting response_logprobs", lambda: _logprobs(first) if first is not None else None
+    )
     attrs.update(
         {
             "gen_ai.response.id": response_id,
