@@ -1,12 +1,15 @@
-"""Running tests with only some Voltline plugins loaded (tests only)."""
+"""Helpers the plugin tests share (tests only): running with only some Voltline plugins loaded,
+and a store that is briefly unreachable."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from voltline import _plugins
+from voltline import StoreUnavailable, _plugins
+from voltline._sqlstore import SqlStore
 
 
 @contextmanager
@@ -28,3 +31,17 @@ def only_plugins(*names: str) -> Iterator[None]:
             else:
                 os.environ[key] = value
         _plugins.plugin_manager(refresh=True)
+
+
+class UnreachableStore(SqlStore):
+    """A real store that is unreachable for its first two span writes (the emitter retries)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.failed = 0
+
+    def add_spans(self, spans: Any) -> int:
+        if self.failed < 2:
+            self.failed += 1
+            raise StoreUnavailable("connection refused")
+        return super().add_spans(spans)

@@ -26,7 +26,7 @@ pytest.importorskip("autogen", reason="ag2 (classic autogen namespace) is not in
 pytest.importorskip("voltline_ag2", reason="voltline-ag2 is not installed")
 
 import autogen
-from _plugin_env import only_plugins
+from _plugin_env import UnreachableStore, only_plugins
 from autogen import ConversableAgent, GroupChat, GroupChatManager, register_function, runtime_logging
 from autogen.logger.base_logger import BaseLogger
 from openai.types.chat import ChatCompletion
@@ -496,6 +496,21 @@ def test_a_failing_capture_never_changes_the_conversation(
         )
         <= 1
     )
+
+
+def test_unreachable_store_leaves_the_conversation_unchanged(ag2_only: None, tmp_path: Path) -> None:
+    _, _, baseline = two_agent_chat()  # not instrumented
+    flaky = UnreachableStore(f"sqlite:///{tmp_path}/flaky.db")
+    voltline.instrument()
+    with voltline.rollout({"question": "2 + 3"}, store=flaky) as r:
+        _, _, result = two_agent_chat()
+        voltline.flush()
+    assert (result.chat_history, result.summary) == (baseline.chat_history, baseline.summary)
+    assert result.chat_history[-1]["content"] == "2 + 3 = 5. TERMINATE"
+    assert flaky.failed == 2
+    assert flaky.get_rollout(r.rollout_id).status == "succeeded"
+    assert tree(spans_of(flaky, r)) == TWO_AGENT_TREE  # written once the store came back
+    flaky.close()
 
 
 def test_a_failing_converter_loses_only_its_attributes(

@@ -34,7 +34,7 @@ crewai = pytest.importorskip("crewai")  # the optional framework; CI has it inst
 import voltline_crewai._attributes as attributes_module  # noqa: E402
 import voltline_crewai._tracker as tracker_module  # noqa: E402
 import voltline_crewai.listener as listener_module  # noqa: E402
-from _plugin_env import only_plugins  # noqa: E402
+from _plugin_env import UnreachableStore, only_plugins  # noqa: E402
 from crewai import Agent, Crew, Task  # noqa: E402
 from crewai.events.event_bus import crewai_event_bus  # noqa: E402
 from crewai.tools import tool  # noqa: E402
@@ -43,9 +43,8 @@ from voltline_crewai._tracker import Record, SpanTracker  # noqa: E402
 from voltline_crewai.testing import ScriptedLLM, ToolCall, count_tokens  # noqa: E402
 
 import voltline  # noqa: E402
-from voltline import StoreUnavailable, _plugins  # noqa: E402
+from voltline import _plugins  # noqa: E402
 from voltline._emitter import get_emitter  # noqa: E402
-from voltline._sqlstore import SqlStore  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # CrewAI's own code trips its own deprecation warnings (function_calling_llm, ...).
@@ -397,20 +396,6 @@ def test_tree_does_not_depend_on_handler_order(
 
 
 # --- isolation -----------------------------------------------------------------------------
-class UnreachableStore(SqlStore):
-    """A real store that is unreachable for its first two span writes (the emitter retries)."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.failed = 0
-
-    def add_spans(self, spans: Any) -> int:
-        if self.failed < 2:
-            self.failed += 1
-            raise StoreUnavailable("connection refused")
-        return super().add_spans(spans)
-
-
 def test_unreachable_store_leaves_the_crew_unchanged(instrumented: None, tmp_path: Path) -> None:
     flaky = UnreachableStore(f"sqlite:///{tmp_path}/flaky.db")
     crew, _ = make_crew()

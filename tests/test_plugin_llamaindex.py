@@ -25,7 +25,7 @@ pytest.importorskip("llama_index.core", reason="llama-index-core is not installe
 
 import voltline_llamaindex
 import voltline_llamaindex.plugin as li_plugin
-from _plugin_env import only_plugins
+from _plugin_env import UnreachableStore, only_plugins
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.agent.workflow import (
     AgentStream,
@@ -539,6 +539,19 @@ def test_capture_failures_never_reach_the_agent(
         "agent invoke_agent stockkeeper @stockkeeper",
         *[line for line in AGENT_STEPS if "llm" not in line],
     ]
+
+
+def test_unreachable_store_leaves_the_agent_unchanged(tmp_path: Path) -> None:
+    flaky = UnreachableStore(f"sqlite:///{tmp_path}/flaky.db")
+    voltline.instrument()
+    with voltline.rollout(QUESTION, store=flaky) as r:
+        answer, streamed = asyncio.run(run_streaming(function_agent()))
+        voltline.flush()
+    assert answer == streamed == "3 crates hold 120 bolts."
+    assert flaky.failed == 2
+    assert flaky.get_rollout(r.rollout_id).status == "succeeded"
+    check_function_agent_spans(spans_of(flaky, r), stream=True)  # written once the store came back
+    flaky.close()
 
 
 def assert_lost(
