@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 
 # plugin | its test file | the floor: pins at each declared lower bound, plus any pin the floor
-# needs to import at all (noted) | other workspace distributions its tests use. Keep in step with
-# the plugins' pyproject.toml.
+# needs to import at all (noted) | other workspace distributions its tests use. Every lower bound a
+# plugin's pyproject.toml declares (dependencies and the examples extra) must be pinned here, at
+# that version: tests/test_plugins.py checks it.
 floors=(
   # langgraph-prebuilt 1.0.10 declares langgraph 1.1 compatible but imports names langgraph 1.1.1
   # lacks: pip would pick it and create_agent would not import.
@@ -19,7 +20,7 @@ floors=(
   "llamaindex|tests/test_plugin_llamaindex.py|llama-index-core==0.14.25 llama-index-instrumentation==0.4.3"
   "crewai|tests/test_plugin_crewai.py|crewai==1.15.17"
   # One test instruments ag2 and AutoGen (both ship an `autogen` namespace) in one process.
-  "ag2|tests/test_plugin_ag2.py|ag2==0.9.8.post1|plugins/autogen"
+  "ag2|tests/test_plugin_ag2.py|ag2==0.9.8.post1 openai==1.99.3|plugins/autogen"
 )
 
 wanted=("$@")

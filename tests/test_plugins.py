@@ -10,12 +10,16 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
+import re
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 import voltline_testdist.plugin as testdist
 from voltline import _plugins
@@ -232,3 +236,28 @@ def test_each_plugin_checks_the_range_its_pyproject_declares(folder: str, distri
     supported = importlib.import_module(module).SUPPORTED
     ranges = supported if isinstance(supported, dict) else {distribution: supported}
     assert {f"{dist}{spec}" for dist, spec in ranges.items()} <= set(project["dependencies"])
+
+
+def floor_pins() -> dict[str, dict[str, str]]:
+    """What scripts/test-floors.sh installs per plugin: {plugin: {distribution: version}}."""
+    script = (ROOT / "scripts" / "test-floors.sh").read_text()
+    entries = re.findall(r'^\s*"([a-z0-9]+)\|[^|]*\|([^|"]*)', script, flags=re.MULTILINE)
+    return {
+        plugin: {canonicalize_name(Requirement(pin).name): pin.split("==", 1)[1] for pin in pins.split()}
+        for plugin, pins in entries
+    }
+
+
+@pytest.mark.parametrize("folder", ["langchain", "autogen", "crewai", "llamaindex", "ag2"])
+def test_the_floor_run_installs_every_declared_lower_bound(folder: str) -> None:
+    # The floor run is where a declared lower bound gets tested; a bound raised in pyproject.toml
+    # but not in the script would go on testing the old floor.
+    project = tomllib.loads((ROOT / "plugins" / folder / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"], *project.get("optional-dependencies", {}).get("examples", [])]
+    pins = floor_pins()[folder]
+    for spec in map(Requirement, declared):
+        (floor,) = [s.version for s in spec.specifier if s.operator == ">="]
+        name = canonicalize_name(spec.name)
+        assert name in pins, f"scripts/test-floors.sh does not pin {name} for {folder} (declared {spec})"
+        pinned = pins[name]
+        assert Version(pinned) == Version(floor), f"{folder}: the floor run pins {name}=={pinned}, not {spec}"
