@@ -9,6 +9,7 @@ ag2's own OpenAI client against a local HTTP server instead.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -30,6 +31,7 @@ from _plugin_env import UnreachableStore, only_plugins
 from autogen import ConversableAgent, GroupChat, GroupChatManager, register_function, runtime_logging
 from autogen.logger.base_logger import BaseLogger
 from openai.types.chat import ChatCompletion
+from voltline_ag2.plugin import AG2Integration
 
 import voltline
 from voltline import _plugins
@@ -264,6 +266,17 @@ def test_plugin_is_found_through_its_entry_point(ag2_only: None) -> None:
     assert [(i.name, i.available, i.installed) for i in info.integrations] == [("ag2", True, False)]
     assert voltline.instrument() == ["ag2"]
     assert _plugins.installed() == ["ag2"]
+
+
+@pytest.mark.parametrize(
+    ("installed", "ok"),
+    [("0.9.8.post1", True), ("0.14.0", True), ("0.9.8", False), ("0.9.7", False), ("0.15.0", False)],
+)
+def test_available_checks_the_supported_version(
+    monkeypatch: pytest.MonkeyPatch, installed: str, ok: bool
+) -> None:
+    monkeypatch.setattr(importlib.metadata, "version", lambda dist: installed)
+    assert AG2Integration().available() is ok
 
 
 def test_two_agent_chat_with_a_function_call(ag2_only: None, store: voltline.Store) -> None:

@@ -227,6 +227,7 @@ def test_installed_in_reads_a_range_as_pyproject_does(monkeypatch: pytest.Monkey
         ("autogen", None),
         ("crewai", "crewai"),
         ("llamaindex", "llama-index-core"),
+        ("ag2", "ag2"),
     ],
 )
 def test_each_plugin_checks_the_range_its_pyproject_declares(folder: str, distribution: str | None) -> None:

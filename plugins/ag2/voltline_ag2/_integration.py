@@ -29,12 +29,14 @@ from collections.abc import Callable
 from typing import Any
 
 import voltline
+from voltline.hookspecs import installed_in
 
 from ._capture import Capture
 
 log = logging.getLogger("voltline.ag2")
 
 SEND_HOOK = "process_message_before_send"
+SUPPORTED = ">=0.9.8.post1,<0.15"  # ag2; keep in step with pyproject.toml
 
 
 class AG2Integration:
@@ -52,7 +54,10 @@ class AG2Integration:
 
     # Integration protocol -----------------------------------------------------------------
     def available(self) -> bool:
-        """True when the classic `autogen` namespace with message hooks and runtime logging is importable."""
+        """True when a supported ag2 is installed and its `autogen` namespace, with message hooks
+        and runtime logging, imports."""
+        if not installed_in("ag2", SUPPORTED):
+            return False
         try:
             from autogen import ConversableAgent, runtime_logging
         except Exception:  # not installed, or a broken install: either way nothing to hook

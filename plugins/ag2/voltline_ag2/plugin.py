@@ -9,7 +9,9 @@ from collections.abc import Callable
 
 from voltline.hookspecs import Integration, hookimpl
 
-from ._integration import AG2Integration
+from ._integration import SUPPORTED, AG2Integration
+
+__all__ = ["SUPPORTED", "AG2Integration", "register_integrations"]
 
 
 @hookimpl
