@@ -249,13 +249,15 @@ def floor_pins() -> dict[str, dict[str, str]]:
     }
 
 
-@pytest.mark.parametrize("folder", ["langchain", "autogen", "crewai", "llamaindex", "ag2"])
+@pytest.mark.parametrize("folder", sorted(p.parent.name for p in (ROOT / "plugins").glob("*/pyproject.toml")))
 def test_the_floor_run_installs_every_declared_lower_bound(folder: str) -> None:
     # The floor run is where a declared lower bound gets tested; a bound raised in pyproject.toml
-    # but not in the script would go on testing the old floor.
+    # but not in the script would go on testing the old floor, and a new plugin would go untested.
     project = tomllib.loads((ROOT / "plugins" / folder / "pyproject.toml").read_text())["project"]
     declared = [*project["dependencies"], *project.get("optional-dependencies", {}).get("examples", [])]
-    pins = floor_pins()[folder]
+    floors = floor_pins()
+    assert folder in floors, f"scripts/test-floors.sh has no floor run for plugins/{folder}"
+    pins = floors[folder]
     for spec in map(Requirement, declared):
         (floor,) = [s.version for s in spec.specifier if s.operator == ">="]
         name = canonicalize_name(spec.name)
