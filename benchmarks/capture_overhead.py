@@ -33,11 +33,20 @@ interval from a two-level bootstrap (processes resampled, then rounds within the
   `BatchSpanProcessor` with `--processor batch`.
 
 Targets: Voltline adds at most 15% to the uninstrumented time, and less than OpenInference adds.
+
+One run judges one day. The reading moves from day to day (a fresh VM each session) by more
+than a run's own interval, so `--record` appends the run's result to
+`capture_overhead_history.csv` beside this script, and `--history` judges the recorded readings
+together: their mean, with a 95% t-interval over readings, against the same target and by the
+same PASS / FAIL / UNSETTLED rule. Only full runs (1600 rounds over 40 processes or more) can be
+recorded. Readings are pooled as one code: when the capture path changes, the old rows no longer
+describe it and belong out of the file.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import gc
 import json
 import os
@@ -65,6 +74,20 @@ TARGET_OVERHEAD = 0.15
 BOOTSTRAP = 2000  # resamples for the interval of a median ratio
 MODES = ("uninstrumented", "voltline", "openinference")
 QUESTION = {"messages": [("user", "What is (3 + 4) * 5?")]}
+HISTORY = Path(__file__).with_name("capture_overhead_history.csv")
+RECORD_ROUNDS, RECORD_PROCESSES = 1600, 40  # the least a run must do to be recorded
+HISTORY_FIELDS = (
+    "recorded", "source", "python", "rounds", "processes", "uninstrumented_ms",
+    "voltline_wall", "voltline_wall_low", "voltline_wall_high",
+    "voltline_cpu", "voltline_cpu_low", "voltline_cpu_high", "openinference_wall",
+)  # fmt: skip
+# Two-sided 95% quantiles of Student's t for 1 to 30 degrees of freedom (beyond, the 30's: wider
+# than the true one, so never a PASS the data do not support).
+T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+    2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+    2.045, 2.042,
+)  # fmt: skip
 
 
 @tool
@@ -213,6 +236,68 @@ def verdict(low: float, high: float, limit: float) -> str:
     return "FAIL" if low > limit else "UNSETTLED"
 
 
+def record(row: dict[str, Any]) -> None:
+    """Append one run's result to the history (the header first, for a new file)."""
+    new = not HISTORY.exists()
+    with HISTORY.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def source_commit() -> str:
+    """`run@<commit>` for the code measured, `+dirty` when the checkout has uncommitted changes."""
+    git = ["git", "-C", str(Path(__file__).resolve().parent)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run([*git, "status", "--porcelain", "-uno"], capture_output=True, text=True)
+    except OSError:
+        return "run@unknown"
+    if head.returncode or dirty.returncode:
+        return "run@unknown"
+    return f"run@{head.stdout.strip()}{'+dirty' if dirty.stdout.strip() else ''}"
+
+
+def print_history() -> bool:
+    """The recorded readings and their mean against the target; True when it is a PASS."""
+    if not HISTORY.exists():
+        print(f"no readings recorded yet in {HISTORY.name}: run with --record first")
+        return False
+    with HISTORY.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    print(f"Recorded readings ({HISTORY.name}):")
+    print()
+    print(
+        "| recorded | source | python | rounds / processes | uninstrumented ms "
+        "| Voltline adds (wall, 95% interval) | Voltline adds (CPU) | OpenInference adds (wall) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['recorded']} | {r['source']} | {r['python']} | {r['rounds']} / {r['processes']} "
+            f"| {float(r['uninstrumented_ms']):.2f} | {float(r['voltline_wall']):+.1%} "
+            f"({float(r['voltline_wall_low']):+.1%}..{float(r['voltline_wall_high']):+.1%}) "
+            f"| {float(r['voltline_cpu']):+.1%} | {float(r['openinference_wall']):+.1%} |"
+        )
+    print()
+    walls = [float(r["voltline_wall"]) for r in rows]
+    if len(walls) < 2:
+        print("one reading: record more (one per session) before judging them together")
+        return False
+    mean, spread = statistics.mean(walls), statistics.stdev(walls)
+    half = T975[min(len(walls) - 1, len(T975)) - 1] * spread / len(walls) ** 0.5
+    outcome = verdict(mean - half, mean + half, TARGET_OVERHEAD)
+    above = sum(w > TARGET_OVERHEAD for w in walls)
+    print(
+        f"Over {len(walls)} readings Voltline adds {mean:+.1%} (wall) on average, 95% t-interval "
+        f"{mean - half:+.1%}..{mean + half:+.1%}, standard deviation {spread:.1%} between readings; "
+        f"{above} of {len(walls)} read above {TARGET_OVERHEAD:.0%}."
+    )
+    print(f"Voltline adds <= {TARGET_OVERHEAD:.0%} (wall), over readings: {outcome}")
+    return outcome == "PASS"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=320, help="rounds in all, split over the processes")
@@ -222,14 +307,29 @@ def main() -> None:
         "--processor", choices=["simple", "batch"], default="simple",
         help="OpenInference's span processor: SimpleSpanProcessor or BatchSpanProcessor",
     )  # fmt: skip
+    parser.add_argument(
+        "--record", action="store_true",
+        help=f"append this run's result to {HISTORY.name} and judge the recorded readings together",
+    )  # fmt: skip
+    parser.add_argument(
+        "--history", action="store_true", help=f"judge the readings recorded in {HISTORY.name}, run nothing"
+    )
     # A child process: its rounds, as JSON on stdout.
     parser.add_argument("--worker", metavar="LABEL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.rounds, args.runs, args.processor, args.worker)))
         return
+    if args.history:
+        sys.exit(0 if print_history() else 1)
     if args.processes < 1 or args.rounds < args.processes:
         parser.error("--processes must be at least 1 and at most --rounds")
+    full = args.rounds >= RECORD_ROUNDS and args.processes >= RECORD_PROCESSES
+    if args.record and not (full and args.runs == 10 and args.processor == "simple"):
+        parser.error(
+            f"--record takes only full runs (--rounds {RECORD_ROUNDS} --processes {RECORD_PROCESSES} or "
+            "more, the default --runs and --processor), so that recorded readings compare"
+        )
 
     results = []
     for i in range(args.processes):
@@ -255,15 +355,16 @@ def main() -> None:
         "(median round ratio, 95% interval) | CPU ms per run | CPU vs uninstrumented | spans per run |"
     )
     print("|---|---|---|---|---|---|---|")
-    ratio, cpu_ratio = {}, {}
+    ratio, cpu_ratio, median_ms = {}, {}, {}
     for name in MODES:
         ms = [x / args.runs * 1e3 for t in times[name] for x in t]
+        median_ms[name] = statistics.median(ms)
         cpu_ms = statistics.median(x for c in cpu[name] for x in c) / args.runs * 1e3
         ratio[name] = pooled_ratio(times[name], times["uninstrumented"])
         cpu_ratio[name] = pooled_ratio(cpu[name], cpu["uninstrumented"])
         spans = results[0]["spans"].get(name)
         print(
-            f"| {name} | {statistics.median(ms):.2f} | {min(ms):.2f}..{max(ms):.2f} "
+            f"| {name} | {median_ms[name]:.2f} | {min(ms):.2f}..{max(ms):.2f} "
             f"| {_interval(ratio[name])} | {cpu_ms:.2f} | {_interval(cpu_ratio[name])} "
             f"| {spans if spans else '-'} |"
         )
@@ -292,6 +393,19 @@ def main() -> None:
     print("|---|---|---|")
     for target, measured, outcome in checks:
         print(f"| {target} | {measured} | {outcome} |")
+    if args.record:
+        (volt, *volt_ci), (volt_cpu, *volt_cpu_ci) = ratio["voltline"], cpu_ratio["voltline"]
+        record({
+            "recorded": time.strftime("%Y-%m-%d"), "source": source_commit(),
+            "python": platform.python_version(), "rounds": args.rounds, "processes": args.processes,
+            "uninstrumented_ms": f"{median_ms['uninstrumented']:.2f}",
+            "voltline_wall": f"{volt - 1:.3f}", "voltline_wall_low": f"{volt_ci[0] - 1:.3f}",
+            "voltline_wall_high": f"{volt_ci[1] - 1:.3f}", "voltline_cpu": f"{volt_cpu - 1:.3f}",
+            "voltline_cpu_low": f"{volt_cpu_ci[0] - 1:.3f}", "voltline_cpu_high": f"{volt_cpu_ci[1] - 1:.3f}",
+            "openinference_wall": f"{ratio['openinference'][0] - 1:.3f}",
+        })  # fmt: skip
+        print()
+        print_history()
     sys.exit(0 if all(outcome == "PASS" for *_, outcome in checks) else 1)
 
 
