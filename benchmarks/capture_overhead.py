@@ -266,6 +266,15 @@ def print_history() -> bool:
         return False
     with HISTORY.open(newline="") as f:
         rows = list(csv.DictReader(f))
+    for line, row in enumerate(rows, start=2):
+        missing = [k for k in HISTORY_FIELDS if not row.get(k)]
+        if missing:
+            raise SystemExit(f"{HISTORY}: line {line} has no {', '.join(missing)}; fix or remove that row")
+        try:
+            for key in HISTORY_FIELDS[5:]:
+                row[key] = float(row[key])
+        except ValueError as exc:
+            raise SystemExit(f"{HISTORY}: line {line}: {exc}; fix or remove that row") from None
     print(f"Recorded readings ({HISTORY.name}):")
     print()
     print(
@@ -276,12 +285,12 @@ def print_history() -> bool:
     for r in rows:
         print(
             f"| {r['recorded']} | {r['source']} | {r['python']} | {r['rounds']} / {r['processes']} "
-            f"| {float(r['uninstrumented_ms']):.2f} | {float(r['voltline_wall']):+.1%} "
-            f"({float(r['voltline_wall_low']):+.1%}..{float(r['voltline_wall_high']):+.1%}) "
-            f"| {float(r['voltline_cpu']):+.1%} | {float(r['openinference_wall']):+.1%} |"
+            f"| {r['uninstrumented_ms']:.2f} | {r['voltline_wall']:+.1%} "
+            f"({r['voltline_wall_low']:+.1%}..{r['voltline_wall_high']:+.1%}) "
+            f"| {r['voltline_cpu']:+.1%} | {r['openinference_wall']:+.1%} |"
         )
     print()
-    walls = [float(r["voltline_wall"]) for r in rows]
+    walls = [r["voltline_wall"] for r in rows]
     if len(walls) < 2:
         print("one reading: record more (one per session) before judging them together")
         return False
@@ -325,7 +334,8 @@ def main() -> None:
     if args.processes < 1 or args.rounds < args.processes:
         parser.error("--processes must be at least 1 and at most --rounds")
     full = args.rounds >= RECORD_ROUNDS and args.processes >= RECORD_PROCESSES
-    if args.record and not (full and args.runs == 10 and args.processor == "simple"):
+    standard = args.runs == parser.get_default("runs") and args.processor == parser.get_default("processor")
+    if args.record and not (full and standard):
         parser.error(
             f"--record takes only full runs (--rounds {RECORD_ROUNDS} --processes {RECORD_PROCESSES} or "
             "more, the default --runs and --processor), so that recorded readings compare"
