@@ -76,11 +76,12 @@ MODES = ("uninstrumented", "voltline", "openinference")
 QUESTION = {"messages": [("user", "What is (3 + 4) * 5?")]}
 HISTORY = Path(__file__).with_name("capture_overhead_history.csv")
 RECORD_ROUNDS, RECORD_PROCESSES = 1600, 40  # the least a run must do to be recorded
-HISTORY_FIELDS = (
-    "recorded", "source", "python", "rounds", "processes", "uninstrumented_ms",
-    "voltline_wall", "voltline_wall_low", "voltline_wall_high",
+# A recorded reading: what was run, then its figures (ratios as fractions added, e.g. 0.131).
+HISTORY_FIGURES = (
+    "uninstrumented_ms", "voltline_wall", "voltline_wall_low", "voltline_wall_high",
     "voltline_cpu", "voltline_cpu_low", "voltline_cpu_high", "openinference_wall",
 )  # fmt: skip
+HISTORY_FIELDS = ("recorded", "source", "python", "rounds", "processes", *HISTORY_FIGURES)
 # Two-sided 95% quantiles of Student's t for 1 to 30 degrees of freedom (beyond, the 30's: wider
 # than the true one, so never a PASS the data do not support).
 T975 = (
@@ -271,7 +272,7 @@ def print_history() -> bool:
         if missing:
             raise SystemExit(f"{HISTORY}: line {line} has no {', '.join(missing)}; fix or remove that row")
         try:
-            for key in HISTORY_FIELDS[5:]:
+            for key in HISTORY_FIGURES:
                 row[key] = float(row[key])
         except ValueError as exc:
             raise SystemExit(f"{HISTORY}: line {line}: {exc}; fix or remove that row") from None
@@ -404,16 +405,16 @@ def main() -> None:
     for target, measured, outcome in checks:
         print(f"| {target} | {measured} | {outcome} |")
     if args.record:
-        (volt, *volt_ci), (volt_cpu, *volt_cpu_ci) = ratio["voltline"], cpu_ratio["voltline"]
-        record({
+        row: dict[str, Any] = {
             "recorded": time.strftime("%Y-%m-%d"), "source": source_commit(),
             "python": platform.python_version(), "rounds": args.rounds, "processes": args.processes,
             "uninstrumented_ms": f"{median_ms['uninstrumented']:.2f}",
-            "voltline_wall": f"{volt - 1:.3f}", "voltline_wall_low": f"{volt_ci[0] - 1:.3f}",
-            "voltline_wall_high": f"{volt_ci[1] - 1:.3f}", "voltline_cpu": f"{volt_cpu - 1:.3f}",
-            "voltline_cpu_low": f"{volt_cpu_ci[0] - 1:.3f}", "voltline_cpu_high": f"{volt_cpu_ci[1] - 1:.3f}",
             "openinference_wall": f"{ratio['openinference'][0] - 1:.3f}",
-        })  # fmt: skip
+        }  # fmt: skip
+        for measure, ratios in (("wall", ratio), ("cpu", cpu_ratio)):
+            for suffix, value in zip(("", "_low", "_high"), ratios["voltline"], strict=True):
+                row[f"voltline_{measure}{suffix}"] = f"{value - 1:.3f}"
+        record(row)
         print()
         print_history()
     sys.exit(0 if all(outcome == "PASS" for *_, outcome in checks) else 1)
