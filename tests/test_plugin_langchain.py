@@ -164,6 +164,14 @@ def by_kind(spans: list[voltline.Span], kind: str) -> list[voltline.Span]:
     return sorted((s for s in spans if kind_of(s) == kind), key=lambda s: s.start_time)
 
 
+def tool_definition(name: str, description: str) -> dict[str, Any]:
+    """An OpenAI-schema definition of a tool taking two integers `a` and `b`."""
+    integer = {"type": "integer"}
+    parameters = {"properties": {"a": integer, "b": integer}, "required": ["a", "b"], "type": "object"}
+    function = {"name": name, "description": description, "parameters": parameters}
+    return {"type": "function", "function": function}
+
+
 def final_text(result: dict[str, Any]) -> str:
     return result["messages"][-1].content
 
@@ -205,6 +213,11 @@ def check_calc_spans(spans: list[voltline.Span], *, streamed: bool = False) -> N
         assert s.attributes["gen_ai.response.model"] == "scripted-model"
         assert s.attributes["gen_ai.provider.name"] == "scripted"
         assert s.attributes.get("gen_ai.request.stream", False) is streamed
+        # Every call carries the tools the agent bound, in the schema the model was given.
+        assert s.attributes["gen_ai.tool.definitions"] == [
+            tool_definition("add", "Add two integers."),
+            tool_definition("multiply", "Multiply two integers."),
+        ]
     first, second, last = llms
     assert first.attributes["gen_ai.input.messages"] == [
         {"role": "system", "content": "Be exact."},
