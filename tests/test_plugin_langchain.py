@@ -672,6 +672,7 @@ def test_a_failing_converter_loses_only_its_attributes(
     # Every payload conversion fails: model inputs, tool definitions and arguments, results.
     monkeypatch.setattr(_convert, "messages", broken)
     monkeypatch.setattr(_convert, "plain", broken)
+    monkeypatch.setattr(_convert, "tool_definitions", broken)
     errors_before = stats()["capture_errors"]
     with voltline.rollout({"q": "broken"}, store=store) as r:
         assert reference_result() == expected

@@ -162,7 +162,7 @@ class VoltlineCallbackHandler(BaseCallbackHandler):
         value = pget("tools")
         if value:
             try:
-                attrs["gen_ai.tool.definitions"] = _convert.plain(value)
+                attrs["gen_ai.tool.definitions"] = _convert.tool_definitions(value)
             except Exception as exc:  # the span is still recorded, without them
                 self._failed(where, exc)
         return attrs
