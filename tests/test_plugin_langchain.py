@@ -839,6 +839,19 @@ def test_converted_messages_follow_in_place_changes() -> None:
     }
 
 
+def test_tool_definitions_are_converted_once_per_distinct_set() -> None:
+    # create_agent rebinds its tools for every model call: equal definitions, new objects each time.
+    first = _convert.tool_definitions([tool_definition("add", "Add two integers.")])
+    again = _convert.tool_definitions([tool_definition("add", "Add two integers.")])
+    assert again is first and first == [tool_definition("add", "Add two integers.")]
+    other = _convert.tool_definitions([tool_definition("add", "Add two numbers.")])
+    assert other is not first and other[0]["function"]["description"] == "Add two numbers."
+    # What is not plain JSON data is converted as `plain` converts it.
+    odd = [{"type": "function", "function": Document("add"), 3: ("a", "b")}]
+    assert _convert.tool_definitions(odd) == _convert.plain(odd)
+    assert _convert.tool_definitions(odd)[0]["3"] == ["a", "b"]
+
+
 def test_other_graphs_become_agent_spans_through_lc_agent_name_metadata(
     instrumented: None, store: voltline.Store
 ) -> None:
