@@ -304,7 +304,8 @@ def print_history() -> bool:
         walls = [r["voltline_wall"] for r in rows if r["agent"] == agent]
         what = f"the {agent!r} agent" + ("" if agent == AGENT else " (measured before; not judged)")
         if len(walls) < 2:
-            print(f"{len(walls)} reading(s) of {what}: record one per session to judge them together")
+            advice = ": record one per session to judge them together" if agent == AGENT else ""
+            print(f"{len(walls)} reading(s) of {what}{advice}")
             continue
         mean, spread = statistics.mean(walls), statistics.stdev(walls)
         half = T975[min(len(walls) - 1, len(T975)) - 1] * spread / len(walls) ** 0.5
