@@ -39,11 +39,13 @@ Targets: Voltline adds at most 15% to the uninstrumented time, and less than Ope
 One run judges one day. The reading moves from day to day (a fresh VM each session) by more
 than a run's own interval, so `--record` appends the run's result to
 `capture_overhead_history.csv` beside this script, and `--history` judges the recorded readings
-together: their mean, with a 95% t-interval over readings, against the same target and by the
-same PASS / FAIL / UNSETTLED rule. Only full runs (1600 rounds over 40 processes or more) can be
+together: their mean, with a 95% t-interval, against the same target and by the same
+PASS / FAIL / UNSETTLED rule. Only full runs (1600 rounds over 40 processes or more) can be
 recorded. Readings are pooled as one code: when the capture path changes, the old rows no longer
 describe it and belong out of the file. Each row names the agent it measured (`AGENT`); rows of
-an earlier agent are listed with their own mean but not judged.
+an earlier agent are listed with their own mean but not judged. They still count towards the
+spread between readings, which is the boxes' and the days' doing rather than the agent's, so
+the interval's spread is pooled over every agent's readings (each about its own agent's mean).
 """
 
 from __future__ import annotations
@@ -298,22 +300,37 @@ def print_history() -> bool:
             f"| {r['voltline_cpu']:+.1%} | {r['openinference_wall']:+.1%} |"
         )
     print()
+    # How far a reading strays from its agent's mean is the box's and the day's doing, not the
+    # agent's, so the spread is pooled over every agent's readings: two readings of one agent can
+    # agree by luck (the first two tools-bound readings differed by 0.2 points, where ten
+    # tool-less ones spread 1.2) and would alone give an interval far too narrow.
+    walls: dict[str, list[float]] = {}
+    for r in rows:
+        walls.setdefault(r["agent"], []).append(r["voltline_wall"])
+    freedom = sum(len(w) - 1 for w in walls.values())
+    if freedom:
+        squares = sum((x - statistics.mean(w)) ** 2 for w in walls.values() for x in w)
+        spread = (squares / freedom) ** 0.5
+        print(
+            f"Readings stray from their agent's mean by a standard deviation of {spread:.1%} "
+            f"(pooled over {len(rows)} readings of {len(walls)} agent(s), {freedom} degrees of freedom)."
+        )
     # Each agent's readings summed up; only the agent measured now is judged.
     outcome = "UNSETTLED"
-    for agent in dict.fromkeys([*(r["agent"] for r in rows), AGENT]):
-        walls = [r["voltline_wall"] for r in rows if r["agent"] == agent]
+    for agent in dict.fromkeys([*walls, AGENT]):
+        ours = walls.get(agent, [])
         what = f"the {agent!r} agent" + ("" if agent == AGENT else " (measured before; not judged)")
-        if len(walls) < 2:
+        if not ours or not freedom:
             advice = ": record one per session to judge them together" if agent == AGENT else ""
-            print(f"{len(walls)} reading(s) of {what}{advice}")
+            print(f"{len(ours)} reading(s) of {what}{advice}")
             continue
-        mean, spread = statistics.mean(walls), statistics.stdev(walls)
-        half = T975[min(len(walls) - 1, len(T975)) - 1] * spread / len(walls) ** 0.5
-        above = sum(w > TARGET_OVERHEAD for w in walls)
+        mean = statistics.mean(ours)
+        half = T975[min(freedom, len(T975)) - 1] * spread / len(ours) ** 0.5
+        above = sum(w > TARGET_OVERHEAD for w in ours)
         print(
-            f"Over {len(walls)} readings of {what}, Voltline adds {mean:+.1%} (wall) on average, 95% "
-            f"t-interval {mean - half:+.1%}..{mean + half:+.1%}, standard deviation {spread:.1%} between "
-            f"readings; {above} of {len(walls)} read above {TARGET_OVERHEAD:.0%}."
+            f"Over {len(ours)} reading(s) of {what}, Voltline adds {mean:+.1%} (wall) on average, 95% "
+            f"t-interval {mean - half:+.2%}..{mean + half:+.2%} (pooled spread); {above} of {len(ours)} "
+            f"read above {TARGET_OVERHEAD:.0%}."
         )
         if agent == AGENT:
             outcome = verdict(mean - half, mean + half, TARGET_OVERHEAD)
