@@ -37,21 +37,16 @@ interval from a two-level bootstrap (processes resampled, then rounds within the
 Targets: Voltline adds at most 15% to the uninstrumented time, and less than OpenInference adds.
 
 One run judges one day. The reading moves from day to day (a fresh VM each session) by more
-than a run's own interval, so `--record` appends the run's result to
-`capture_overhead_history.csv` beside this script, and `--history` judges the recorded readings
-together: their mean, with a 95% t-interval, against the same target and by the same
-PASS / FAIL / UNSETTLED rule. Only full runs (1600 rounds over 40 processes or more) can be
-recorded. Readings are pooled as one code: when the capture path changes, the old rows no longer
-describe it and belong out of the file. Each row names the agent it measured (`AGENT`); rows of
-an earlier agent are listed with their own mean but not judged. They still count towards the
-spread between readings, which is the boxes' and the days' doing rather than the agent's, so
-the interval's spread is pooled over every agent's readings (each about its own agent's mean).
+than a run's own interval, so `--record` appends a full run's result (1600 rounds over 40
+processes or more) to `capture_overhead_history.csv` beside this script, and `--history` judges
+the recorded readings of the agent measured now (`AGENT`) together (`_readings.py` says how).
+Readings are pooled as one code: when the capture path changes, the old rows no longer describe
+it and belong out of the file.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import json
 import os
@@ -68,6 +63,7 @@ from typing import Any
 
 os.environ.setdefault("VOLTLINE_PLUGINS", "langchain")  # other frameworks' plugins stay out
 
+from _readings import print_history, record, verdict
 from langchain.agents import create_agent
 from langchain_core.tools import tool
 from tqdm import tqdm
@@ -81,22 +77,9 @@ MODES = ("uninstrumented", "voltline", "openinference")
 QUESTION = {"messages": [("user", "What is (3 + 4) * 5?")]}
 HISTORY = Path(__file__).with_name("capture_overhead_history.csv")
 RECORD_ROUNDS, RECORD_PROCESSES = 1600, 40  # the least a run must do to be recorded
-# A recorded reading: what was run, then its figures (ratios as fractions added, e.g. 0.131).
-HISTORY_FIGURES = (
-    "uninstrumented_ms", "voltline_wall", "voltline_wall_low", "voltline_wall_high",
-    "voltline_cpu", "voltline_cpu_low", "voltline_cpu_high", "openinference_wall",
-)  # fmt: skip
-HISTORY_FIELDS = ("recorded", "source", "agent", "python", "rounds", "processes", *HISTORY_FIGURES)
-# The agent measured, as the history names it: readings of another agent are listed, not pooled.
+# The agent measured, as the history names it: readings of another agent are listed, not judged.
 # "tool-less" was the scripted model before it bound its tools as provider models do.
 AGENT = "tools-bound"
-# Two-sided 95% quantiles of Student's t for 1 to 30 degrees of freedom (beyond, the 30's: wider
-# than the true one, so never a PASS the data do not support).
-T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-    2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-    2.045, 2.042,
-)  # fmt: skip
 
 
 @tool
@@ -238,23 +221,6 @@ def pooled_ratio(mode: list[list[float]], base: list[list[float]]) -> tuple[floa
     return statistics.median(pooled), medians[BOOTSTRAP // 40], medians[BOOTSTRAP - 1 - BOOTSTRAP // 40]
 
 
-def verdict(low: float, high: float, limit: float) -> str:
-    """PASS when the whole interval is within `limit`, FAIL when none of it is, else UNSETTLED."""
-    if high <= limit:
-        return "PASS"
-    return "FAIL" if low > limit else "UNSETTLED"
-
-
-def record(row: dict[str, Any]) -> None:
-    """Append one run's result to the history (the header first, for a new file)."""
-    new = not HISTORY.exists()
-    with HISTORY.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, lineterminator="\n")
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
 def source_commit() -> str:
     """`run@<commit>` for the code measured, `+dirty` when the checkout has uncommitted changes."""
     git = ["git", "-C", str(Path(__file__).resolve().parent)]
@@ -266,76 +232,6 @@ def source_commit() -> str:
     if head.returncode or dirty.returncode:
         return "run@unknown"
     return f"run@{head.stdout.strip()}{'+dirty' if dirty.stdout.strip() else ''}"
-
-
-def print_history() -> bool:
-    """The recorded readings and their mean against the target; True when it is a PASS."""
-    if not HISTORY.exists():
-        print(f"no readings recorded yet in {HISTORY.name}: run with --record first")
-        return False
-    with HISTORY.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    for line, row in enumerate(rows, start=2):
-        missing = [k for k in HISTORY_FIELDS if not row.get(k)]
-        if missing:
-            raise SystemExit(f"{HISTORY}: line {line} has no {', '.join(missing)}; fix or remove that row")
-        try:
-            for key in HISTORY_FIGURES:
-                row[key] = float(row[key])
-        except ValueError as exc:
-            raise SystemExit(f"{HISTORY}: line {line}: {exc}; fix or remove that row") from None
-    print(f"Recorded readings ({HISTORY.name}):")
-    print()
-    print(
-        "| recorded | source | agent | python | rounds / processes | uninstrumented ms "
-        "| Voltline adds (wall, 95% interval) | Voltline adds (CPU) | OpenInference adds (wall) |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['recorded']} | {r['source']} | {r['agent']} | {r['python']} "
-            f"| {r['rounds']} / {r['processes']} "
-            f"| {r['uninstrumented_ms']:.2f} | {r['voltline_wall']:+.1%} "
-            f"({r['voltline_wall_low']:+.1%}..{r['voltline_wall_high']:+.1%}) "
-            f"| {r['voltline_cpu']:+.1%} | {r['openinference_wall']:+.1%} |"
-        )
-    print()
-    # How far a reading strays from its agent's mean is the box's and the day's doing, not the
-    # agent's, so the spread is pooled over every agent's readings: two readings of one agent can
-    # agree by luck (the first two tools-bound readings differed by 0.2 points, where ten
-    # tool-less ones spread 1.2) and would alone give an interval far too narrow.
-    walls: dict[str, list[float]] = {}
-    for r in rows:
-        walls.setdefault(r["agent"], []).append(r["voltline_wall"])
-    freedom = sum(len(w) - 1 for w in walls.values())
-    if freedom:
-        squares = sum((x - statistics.mean(w)) ** 2 for w in walls.values() for x in w)
-        spread = (squares / freedom) ** 0.5
-        print(
-            f"Readings stray from their agent's mean by a standard deviation of {spread:.1%} "
-            f"(pooled over {len(rows)} readings of {len(walls)} agent(s), {freedom} degrees of freedom)."
-        )
-    # Each agent's readings summed up; only the agent measured now is judged.
-    outcome = "UNSETTLED"
-    for agent in dict.fromkeys([*walls, AGENT]):
-        ours = walls.get(agent, [])
-        what = f"the {agent!r} agent" + ("" if agent == AGENT else " (measured before; not judged)")
-        if not ours or not freedom:
-            advice = ": record one per session to judge them together" if agent == AGENT else ""
-            print(f"{len(ours)} reading(s) of {what}{advice}")
-            continue
-        mean = statistics.mean(ours)
-        half = T975[min(freedom, len(T975)) - 1] * spread / len(ours) ** 0.5
-        above = sum(w > TARGET_OVERHEAD for w in ours)
-        print(
-            f"Over {len(ours)} reading(s) of {what}, Voltline adds {mean:+.1%} (wall) on average, 95% "
-            f"t-interval {mean - half:+.2%}..{mean + half:+.2%} (pooled spread); {above} of {len(ours)} "
-            f"read above {TARGET_OVERHEAD:.0%}."
-        )
-        if agent == AGENT:
-            outcome = verdict(mean - half, mean + half, TARGET_OVERHEAD)
-    print(f"Voltline adds <= {TARGET_OVERHEAD:.0%} (wall), over readings of the {AGENT!r} agent: {outcome}")
-    return outcome == "PASS"
 
 
 def main() -> None:
@@ -361,7 +257,7 @@ def main() -> None:
         print(json.dumps(worker(args.rounds, args.runs, args.processor, args.worker)))
         return
     if args.history:
-        sys.exit(0 if print_history() else 1)
+        sys.exit(0 if print_history(HISTORY, AGENT, TARGET_OVERHEAD) else 1)
     if args.processes < 1 or args.rounds < args.processes:
         parser.error("--processes must be at least 1 and at most --rounds")
     full = args.rounds >= RECORD_ROUNDS and args.processes >= RECORD_PROCESSES
@@ -444,9 +340,9 @@ def main() -> None:
         for measure, ratios in (("wall", ratio), ("cpu", cpu_ratio)):
             for suffix, value in zip(("", "_low", "_high"), ratios["voltline"], strict=True):
                 row[f"voltline_{measure}{suffix}"] = f"{value - 1:.3f}"
-        record(row)
+        record(HISTORY, row)
         print()
-        print_history()
+        print_history(HISTORY, AGENT, TARGET_OVERHEAD)
     sys.exit(0 if all(outcome == "PASS" for *_, outcome in checks) else 1)
 
 
