@@ -110,3 +110,62 @@ def test_use_span_brings_its_rollout_to_a_thread_without_one(tmp_path):
     tool = store.query_spans(rollout_id=r.rollout_id, kind="tool")
     assert [(s.parent_id, s.agent_name) for s in tool] == [(handle.span_id, "worker")]
     store.close()
+
+
+# -- voltline.capture: the one copying rule for values a framework hands over ----------------
+
+
+def test_jsonable_copies_framework_values_into_json() -> None:
+    import dataclasses
+    import math
+
+    from pydantic import BaseModel
+
+    from voltline.capture import jsonable
+
+    class Call(BaseModel):
+        name: str
+        id: str | None = None
+
+    @dataclasses.dataclass
+    class Point:
+        x: float
+
+    class Opaque:
+        def __repr__(self) -> str:
+            return "<opaque>"
+
+    value = {
+        1: (Call(name="add"), Point(math.inf)),
+        "tags": frozenset({"a"}),
+        "raw": b"hi",
+        "thing": Opaque(),
+    }
+    assert jsonable(value) == {
+        "1": [{"name": "add", "id": None}, {"x": "inf"}],
+        "tags": ["a"],
+        "raw": "aGk=",
+        "thing": "<opaque>",
+    }
+    assert jsonable(Call(name="add"), exclude_none=True) == {"name": "add"}
+    assert jsonable([Opaque()], fallback=lambda v: type(v).__name__) == ["Opaque"]
+
+
+def test_jsonable_stops_at_max_depth_on_a_value_that_holds_itself() -> None:
+    from voltline.capture import MAX_DEPTH, jsonable
+
+    loop: list[object] = []
+    loop.append(loop)
+    copied = jsonable(loop, fallback=lambda v: "cut")
+    depth = 0
+    while isinstance(copied, list):
+        copied, depth = copied[0], depth + 1
+    assert (copied, depth) == ("cut", MAX_DEPTH)
+
+
+def test_tool_arguments_decode_json_text_and_keep_anything_else() -> None:
+    from voltline.capture import tool_arguments
+
+    assert tool_arguments('{"a": 3, "b": [4]}') == {"a": 3, "b": [4]}
+    assert tool_arguments("not json {") == "not json {"  # as the model sent it
+    assert tool_arguments({"when": object()}, fallback=lambda v: "obj") == {"when": "obj"}

@@ -40,6 +40,18 @@ def test_the_guide_plugin_captures_a_toy_pipeline(instrumented, tmp_path):
     store.close()
 
 
+def test_the_guide_plugin_records_values_as_they_were_at_the_event(instrumented, tmp_path):
+    # The guide copies framework values with voltline.capture.jsonable when the event happens:
+    # a step that changes its input in place leaves the recorded input as it was given.
+    store = voltline.connect(f"sqlite:///{tmp_path}/v.db")
+    pipeline = toyflow.Pipeline("appender", [("append", lambda xs: xs.append(1) or xs)])
+    with voltline.rollout({"x": 3}, store=store) as r:
+        assert pipeline.run([0]) == [0, 1]
+    spans = {s.name: s for s in store.query_spans(rollout_id=r.rollout_id)}
+    assert spans["append"].attributes == {"toyflow.input": [0], "toyflow.output": [0, 1]}
+    store.close()
+
+
 def test_a_failing_step_raises_as_before_and_is_recorded_as_an_error(instrumented, tmp_path):
     store = voltline.connect(f"sqlite:///{tmp_path}/f.db")
     pipeline = toyflow.Pipeline("divider", [("divide", lambda x: 1 / x)])

@@ -7,7 +7,6 @@ JSON into text columns and keeps artifacts once per content hash.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 from collections.abc import Iterator, Mapping
 from enum import StrEnum
@@ -16,6 +15,8 @@ from typing import Annotated, Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, Strict
+
+from .capture import jsonable
 
 __all__ = [
     "MAX_ATTRIBUTES_BYTES",
@@ -400,26 +401,4 @@ def _encode_attributes(attributes: dict[str, Any], data: bytes | None) -> tuple[
     if data is not None and len(data) <= MAX_ATTRIBUTES_BYTES and not _has_non_finite(attributes):
         return data.decode(), False  # the "null" in it was a None, not a NaN
     # Not JSON, or too large (which coercing will not change: dump_json raises again).
-    return dump_json(_jsonable(attributes), "attributes", MAX_ATTRIBUTES_BYTES), True
-
-
-def _jsonable(value: Any) -> Any:
-    """A JSON-safe copy of `value`: objects the agent passed become dicts or text."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if isfinite(value) else str(value)
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bytes | bytearray):
-        return base64.b64encode(value).decode()
-    if hasattr(value, "model_dump"):
-        try:
-            return _jsonable(value.model_dump(mode="json"))
-        except Exception:
-            pass
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
-    return repr(value)
+    return dump_json(jsonable(attributes), "attributes", MAX_ATTRIBUTES_BYTES), True

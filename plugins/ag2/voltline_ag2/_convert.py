@@ -9,39 +9,26 @@ the `except`) and left out, the rest is kept.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-_MAX_DEPTH = 12
+from voltline import capture
 
 
-def jsonable(value: Any, depth: int = 0) -> Any:
-    """A JSON-safe copy of `value`: pydantic models dumped, dataclasses expanded, the rest as text.
+def _text(value: Any) -> str:
+    # AutoGen allows callables as message content: their repr says what they are.
+    return repr(value) if callable(value) else str(value)
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-safe copy of `value` (`voltline.capture.jsonable`; None fields of models left out).
 
     Done here rather than left to the store so that a span never fails validation because a
     message carried an odd object (AutoGen allows callables as message content).
     """
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if depth > _MAX_DEPTH:
-        return repr(value)
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v, depth + 1) for v in value]
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        try:
-            return jsonable(dump(mode="json", exclude_none=True), depth + 1)
-        except Exception:  # a custom object with a model_dump of another shape
-            pass
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return jsonable(dataclasses.asdict(value), depth + 1)
-    return repr(value) if callable(value) else str(value)
+    return capture.jsonable(value, fallback=_text, exclude_none=True)
 
 
 def field(obj: Any, name: str, default: Any = None) -> Any:
@@ -90,12 +77,7 @@ def message_attributes(
 
 def parse_arguments(arguments: Any) -> Any:
     """Tool arguments as AutoGen's model sent them (a JSON string), decoded when possible."""
-    if isinstance(arguments, str):
-        try:
-            return json.loads(arguments)
-        except ValueError:
-            return arguments
-    return jsonable(arguments)
+    return capture.tool_arguments(arguments, fallback=_text)
 
 
 def parse_timestamp(value: Any) -> float | None:

@@ -8,9 +8,10 @@ an error, so a framework upgrade degrades the record instead of losing it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
+
+from voltline import capture
 
 __all__ = [
     "chat_messages",
@@ -32,12 +33,7 @@ _ROLES = {
 
 def parse_arguments(arguments: Any) -> Any:
     """A tool call's JSON argument string as an object; kept as the raw string if it is not JSON."""
-    if isinstance(arguments, str):
-        try:
-            return json.loads(arguments)
-        except ValueError:
-            return arguments
-    return arguments
+    return capture.tool_arguments(arguments)
 
 
 def _tool_call(call: Any) -> dict[str, Any]:

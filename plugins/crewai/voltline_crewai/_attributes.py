@@ -10,11 +10,12 @@ they need into plain values, so no framework object is kept alive by a span.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
+
+from voltline import capture
 
 __all__ = ["EndSpec", "StartSpec", "end_spec", "start_spec", "tool_calls_of"]
 
@@ -53,24 +54,14 @@ class EndSpec:
     error: str | None = None
 
 
-def _plain(value: Any) -> Any:
-    """A JSON-ready copy of a framework value (pydantic models, sets, objects -> str)."""
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_plain(v) for v in value]
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        try:
-            return _plain(dump(mode="json"))
-        except Exception:
-            pass
+def _text(value: Any) -> str:
     raw = getattr(value, "raw", None)  # TaskOutput / CrewOutput
-    if isinstance(raw, str):
-        return raw
-    return str(value)
+    return raw if isinstance(raw, str) else str(value)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready copy of a framework value (`voltline.capture.jsonable`; objects as text)."""
+    return capture.jsonable(value, fallback=_text)
 
 
 def _output(value: Any) -> Any:
@@ -139,12 +130,7 @@ def _usage(usage: Any) -> dict[str, Any]:
 
 
 def _args(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return _plain(value)
+    return capture.tool_arguments(value, fallback=_text)
 
 
 def _put(

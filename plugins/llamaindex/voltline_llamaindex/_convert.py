@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from voltline import capture
+
 __all__ = [
     "get",
     "jsonable",
@@ -42,23 +44,13 @@ def get(obj: Any, *path: str | int) -> Any:
     return obj
 
 
-def jsonable(value: Any, depth: int = 0) -> Any:
-    """A JSON-friendly copy: pydantic models dumped, unknown objects (a workflow Context
+def jsonable(value: Any) -> Any:
+    """A JSON-friendly copy (`voltline.capture.jsonable`): unknown objects (a workflow Context
     passed to a tool, say) as their type name rather than a repr that may be huge."""
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    if depth > 8:
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v, depth + 1) for v in value]
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        try:
-            return jsonable(dump(mode="json"), depth + 1)
-        except Exception:
-            return str(value)
+    return capture.jsonable(value, fallback=_type_name)
+
+
+def _type_name(value: Any) -> str:
     return f"<{type(value).__name__}>"
 
 

@@ -1,0 +1,71 @@
+"""Helpers for capture code, the part of a plugin that runs inside the user's agent.
+
+A framework hands its callbacks whatever objects it has: pydantic models, dataclasses, sets,
+SDK objects, even callables. Capture code copies what it records into plain JSON values when
+the event happens, so a span holds a snapshot rather than a live object the agent may change,
+and the store never has to guess. One copying rule serves core and every plugin; a plugin only
+says what becomes of an object that has no JSON form (`fallback`).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from math import isfinite
+from typing import Any
+
+__all__ = ["MAX_DEPTH", "jsonable", "tool_arguments"]
+
+MAX_DEPTH = 12  # nesting copied before `fallback` takes over (a self-referencing value ends here)
+
+
+def jsonable(value: Any, *, fallback: Callable[[Any], Any] = repr, exclude_none: bool = False) -> Any:
+    """A JSON-safe copy of `value`.
+
+    Mappings become dicts with text keys; lists, tuples and sets become lists; bytes become
+    base64 text; a float JSON cannot hold (NaN, infinity) becomes its text. Pydantic models are
+    dumped (`model_dump(mode="json")`, leaving out None fields when `exclude_none`) and
+    dataclasses expanded. Anything else, and anything nested deeper than `MAX_DEPTH`, becomes
+    `fallback(value)`: its repr unless the caller says otherwise.
+    """
+    return _copy(value, fallback, exclude_none, 0)
+
+
+def tool_arguments(arguments: Any, *, fallback: Callable[[Any], Any] = repr) -> Any:
+    """A tool call's arguments: a JSON string as the object it holds (kept as the string when
+    it is not JSON, as a model may send), anything else as `jsonable` copies it."""
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except ValueError:
+            return arguments
+    return _copy(arguments, fallback, False, 0)
+
+
+def _copy(value: Any, fallback: Callable[[Any], Any], exclude_none: bool, depth: int) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if isfinite(value) else str(value)
+    if depth >= MAX_DEPTH:
+        return fallback(value)
+    depth += 1
+    if isinstance(value, Mapping):
+        return {str(k): _copy(v, fallback, exclude_none, depth) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_copy(v, fallback, exclude_none, depth) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode()
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        try:
+            dumped = dump(mode="json", exclude_none=True) if exclude_none else dump(mode="json")
+        except Exception:  # not pydantic's model_dump after all, or a model that cannot dump itself
+            pass
+        else:
+            return _copy(dumped, fallback, exclude_none, depth)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _copy(dataclasses.asdict(value), fallback, exclude_none, depth)
+    return fallback(value)
