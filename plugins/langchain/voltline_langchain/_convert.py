@@ -15,6 +15,8 @@ import orjson
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 
+from voltline import capture
+
 __all__ = [
     "forget", "llm_result_attributes", "message_dict", "messages", "plain", "tool_definitions", "tool_result",
 ]  # fmt: skip
@@ -47,12 +49,7 @@ def plain(value: Any) -> Any:
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
-    if hasattr(value, "model_dump"):
-        try:
-            return plain(value.model_dump(mode="json"))
-        except Exception:  # a model that cannot dump itself is still worth its repr
-            pass
-    return repr(value)
+    return capture.jsonable(value)  # the rarer rest (models, sets, dataclasses...): core's one rule
 
 
 # With these, orjson refuses dataclasses, datetimes and subclasses of built-in types, which then
