@@ -18,7 +18,10 @@ from typing import Any
 
 __all__ = ["MAX_DEPTH", "jsonable", "tool_arguments"]
 
-MAX_DEPTH = 12  # nesting copied before `fallback` takes over (a self-referencing value ends here)
+# Nesting copied before `fallback` takes over: deeper than real data (a tool's JSON schema nests
+# a dozen levels or more), shallow enough that a value holding itself ends well before Python's
+# recursion limit.
+MAX_DEPTH = 64
 
 
 def jsonable(value: Any, *, fallback: Callable[[Any], Any] = repr, exclude_none: bool = False) -> Any:
