@@ -169,3 +169,20 @@ def test_tool_arguments_decode_json_text_and_keep_anything_else() -> None:
     assert tool_arguments('{"a": 3, "b": [4]}') == {"a": 3, "b": [4]}
     assert tool_arguments("not json {") == "not json {"  # as the model sent it
     assert tool_arguments({"when": object()}, fallback=lambda v: "obj") == {"when": "obj"}
+
+
+def test_shared_jsonable_copies_equal_json_data_once() -> None:
+    import datetime
+
+    from voltline.capture import jsonable, shared_jsonable
+
+    def schema(description: str) -> list[dict[str, object]]:
+        return [{"type": "function", "function": {"name": "add", "description": description}}]
+
+    first, again = shared_jsonable(schema("Add.")), shared_jsonable(schema("Add."))
+    assert first == schema("Add.") and first is again  # rebuilt but equal: the same copy
+    assert shared_jsonable(schema("Sum.")) is not first
+    # Not plain JSON data: through `convert`, every time.
+    when = [{"at": datetime.date(2026, 12, 7)}, {1: "one"}]
+    assert shared_jsonable(when) == jsonable(when) == [{"at": "datetime.date(2026, 12, 7)"}, {"1": "one"}]
+    assert shared_jsonable(when, lambda v: "converted") == "converted"

@@ -542,7 +542,7 @@ def test_a_failing_converter_loses_only_its_attributes(
     # Every payload conversion fails: chat, turn and sent messages, model inputs, tool
     # definitions, outputs and usage, tool arguments and results, the model call's start time.
     for module, names in (
-        (_convert, ("jsonable", "_usage")),
+        (_convert, ("jsonable", "tool_definitions", "_usage")),
         (_capture, ("jsonable", "parse_arguments", "parse_timestamp")),
     ):
         for name in names:

@@ -16,7 +16,9 @@ from collections.abc import Callable, Mapping
 from math import isfinite
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "jsonable", "tool_arguments"]
+import orjson
+
+__all__ = ["MAX_DEPTH", "jsonable", "shared_jsonable", "tool_arguments"]
 
 # Nesting copied before `fallback` takes over: deeper than real data (a tool's JSON schema nests
 # a dozen levels or more), shallow enough that a value holding itself ends well before Python's
@@ -36,6 +38,29 @@ def jsonable(value: Any, *, fallback: Callable[[Any], Any] = repr, exclude_none:
     return _copy(value, fallback, exclude_none, 0)
 
 
+def shared_jsonable(value: Any, convert: Callable[[Any], Any] = jsonable) -> Any:
+    """`convert(value)`, as one shared object for every call given the same plain JSON data.
+
+    For values a framework rebuilds, identical, for every call, such as the tool definitions
+    bound to each model call: walking them in Python each time cost LangChain capture about a
+    point of overhead (docs/benchmarks.md). Their JSON text, made by orjson in C, keys a small
+    cache of the copy. Values that are not plain JSON data (objects, dataclasses, datetimes,
+    subclasses of built-in types, non-text keys) go through `convert` every time. On the cached
+    path UUIDs and enums are kept as their value and a NaN becomes null, where `jsonable` would
+    write text. The result is shared: never mutate it.
+    """
+    try:
+        key = orjson.dumps(value, option=_JSON_ONLY)
+    except TypeError:
+        return convert(value)
+    found = _shared.get(key)
+    if found is None:
+        if len(_shared) >= _SHARED_MAX:  # a few distinct tool sets per agent, not hundreds
+            _shared.clear()
+        found = _shared[key] = orjson.loads(key)
+    return found
+
+
 def tool_arguments(arguments: Any, *, fallback: Callable[[Any], Any] = repr) -> Any:
     """A tool call's arguments: a JSON string as the object it holds (kept as the string when
     it is not JSON, as a model may send), anything else as `jsonable` copies it."""
@@ -45,6 +70,15 @@ def tool_arguments(arguments: Any, *, fallback: Callable[[Any], Any] = repr) -> 
         except ValueError:
             return arguments
     return _copy(arguments, fallback, False, 0)
+
+
+# With these, orjson refuses dataclasses, datetimes and subclasses of built-in types (which then
+# go through `convert`); beyond plain JSON data it takes only UUIDs and enums.
+_JSON_ONLY = (
+    orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+_SHARED_MAX = 128
+_shared: dict[bytes, Any] = {}
 
 
 def _copy(value: Any, fallback: Callable[[Any], Any], exclude_none: bool, depth: int) -> Any:

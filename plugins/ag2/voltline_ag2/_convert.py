@@ -31,6 +31,12 @@ def jsonable(value: Any) -> Any:
     return capture.jsonable(value, fallback=_text, exclude_none=True)
 
 
+def tool_definitions(tools: Any) -> Any:
+    """The tools a request offers, copied once per distinct set and shared after: every request
+    of a conversation sends the same ones (`voltline.capture.shared_jsonable`)."""
+    return capture.shared_jsonable(tools, jsonable)
+
+
 def field(obj: Any, name: str, default: Any = None) -> Any:
     """`obj.name` or `obj[name]`, whichever exists; extra fields of pydantic models included."""
     if obj is None:
@@ -137,7 +143,7 @@ def llm_attributes(
     inputs = guard(
         "converting gen_ai.input.messages", lambda: jsonable(request.get("messages", request.get("prompt")))
     )
-    tools = guard("converting gen_ai.tool.definitions", lambda: jsonable(request.get("tools")))
+    tools = guard("converting gen_ai.tool.definitions", lambda: tool_definitions(request.get("tools")))
     attrs: dict[str, Any] = {
         "gen_ai.operation.name": "chat",
         "gen_ai.request.model": request.get("model"),

@@ -11,7 +11,6 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import orjson
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 
@@ -52,31 +51,11 @@ def plain(value: Any) -> Any:
     return capture.jsonable(value)  # the rarer rest (models, sets, dataclasses...): core's one rule
 
 
-# With these, orjson refuses dataclasses, datetimes and subclasses of built-in types, which then
-# take `plain`'s path; of the rest beyond plain JSON data it takes only UUIDs and enums (as their
-# value, where `plain` would keep a repr).
-_JSON_ONLY = (
-    orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
-)
-_definitions: dict[bytes, Any] = {}
-
-
 def tool_definitions(tools: Any) -> Any:
-    """`plain(tools)`, one shared object for every model call given the same definitions.
-
-    create_agent binds its tools anew for each model call, so a provider model hands over freshly
-    built but identical schemas every time; walking them in Python cost about a point of capture
-    overhead (docs/benchmarks.md). Their JSON text, made in C, is the key. Shared: never mutate."""
-    try:
-        key = orjson.dumps(tools, option=_JSON_ONLY)
-    except TypeError:  # objects, subclasses, non-string keys: converted the general way
-        return plain(tools)
-    found = _definitions.get(key)
-    if found is None:
-        if len(_definitions) >= _CACHE_SIZE:  # an agent has a few tool sets, not hundreds
-            _definitions.clear()
-        found = _definitions[key] = orjson.loads(key)
-    return found
+    """`plain(tools)`, one shared object for every model call given the same definitions
+    (`voltline.capture.shared_jsonable`): create_agent binds its tools anew for each model call,
+    so a provider model hands over freshly built but identical schemas every time."""
+    return capture.shared_jsonable(tools, plain)
 
 
 # An agent sends its whole history on every model call, so each message would be converted
