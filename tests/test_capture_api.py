@@ -186,3 +186,50 @@ def test_shared_jsonable_copies_equal_json_data_once() -> None:
     when = [{"at": datetime.date(2026, 12, 7)}, {1: "one"}]
     assert shared_jsonable(when) == jsonable(when) == [{"at": "datetime.date(2026, 12, 7)"}, {"1": "one"}]
     assert shared_jsonable(when, lambda v: "converted") == "converted"
+
+
+def test_jsonable_survives_objects_that_misbehave() -> None:
+    import dataclasses
+    import threading
+
+    from voltline.capture import jsonable
+
+    class Hostile:
+        def __getattr__(self, name: str) -> object:
+            raise RuntimeError("no attributes here")
+
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr either")
+
+        def __str__(self) -> str:
+            raise RuntimeError("nor str")
+
+    @dataclasses.dataclass
+    class Job:
+        name: str
+        lock: threading.Lock  # dataclasses.asdict would try to deep-copy it, and fail
+
+    lock = threading.Lock()
+    assert jsonable({"job": Job("sync", lock), Hostile(): Hostile()}, fallback=lambda v: "text") == {
+        "job": {"name": "sync", "lock": "text"},
+        "<Hostile>": "text",  # a key whose str raises: its type's name
+    }
+    assert jsonable([Hostile()]) == ["<Hostile>"]  # the fallback (repr) raises too
+
+
+def test_a_span_keeps_its_other_attributes_when_one_value_cannot_be_read(tmp_path) -> None:
+    class Hostile:
+        def __getattr__(self, name: str) -> object:
+            raise RuntimeError("no attributes here")
+
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr either")
+
+    store = voltline.connect(f"sqlite:///{tmp_path}/h.db")
+    with voltline.rollout({"t": 1}, store=store) as r:
+        with voltline.span("step", "tool", odd=Hostile(), count=3):
+            pass
+    voltline.flush()
+    [span] = store.query_spans(rollout_id=r.rollout_id)
+    assert span.attributes == {"odd": "<Hostile>", "count": 3}
+    store.close()

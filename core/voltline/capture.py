@@ -87,15 +87,21 @@ def _copy(value: Any, fallback: Callable[[Any], Any], exclude_none: bool, depth:
     if isinstance(value, float):
         return value if isfinite(value) else str(value)
     if depth >= MAX_DEPTH:
-        return fallback(value)
+        return _last_resort(value, fallback)
     depth += 1
     if isinstance(value, Mapping):
-        return {str(k): _copy(v, fallback, exclude_none, depth) for k, v in value.items()}
+        return {
+            k if type(k) is str else _last_resort(k, str): _copy(v, fallback, exclude_none, depth)
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple | set | frozenset):
         return [_copy(v, fallback, exclude_none, depth) for v in value]
     if isinstance(value, bytes | bytearray):
         return base64.b64encode(value).decode()
-    dump = getattr(value, "model_dump", None)
+    try:  # an object's own __getattr__ may raise anything
+        dump = getattr(value, "model_dump", None)
+    except Exception:
+        dump = None
     if callable(dump):
         try:
             dumped = dump(mode="json", exclude_none=True) if exclude_none else dump(mode="json")
@@ -104,5 +110,17 @@ def _copy(value: Any, fallback: Callable[[Any], Any], exclude_none: bool, depth:
         else:
             return _copy(dumped, fallback, exclude_none, depth)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _copy(dataclasses.asdict(value), fallback, exclude_none, depth)
-    return fallback(value)
+        # Field by field rather than dataclasses.asdict, which deep-copies every field first and
+        # fails on one that cannot be copied (a lock, an open file).
+        fields = {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
+        return _copy(fields, fallback, exclude_none, depth)
+    return _last_resort(value, fallback)
+
+
+def _last_resort(value: Any, text: Callable[[Any], Any]) -> Any:
+    """`text(value)`, or the type's name when that raises too: one odd object must not cost the
+    whole span."""
+    try:
+        return text(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
