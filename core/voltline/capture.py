@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["MAX_DEPTH", "jsonable", "shared_jsonable", "tool_arguments"]
+__all__ = ["MAX_DEPTH", "jsonable", "shared_jsonable", "tool_arguments", "type_name"]
 
 # Nesting copied before `fallback` takes over: deeper than real data (a tool's JSON schema nests
 # a dozen levels or more), shallow enough that a value holding itself ends well before Python's
@@ -72,6 +72,12 @@ def tool_arguments(arguments: Any, *, fallback: Callable[[Any], Any] = repr) -> 
     return _copy(arguments, fallback, False, 0)
 
 
+def type_name(value: Any) -> str:
+    """`<TypeName>`: what `jsonable` records for an object it cannot read, and a `fallback` for
+    objects whose repr may be huge or say nothing useful."""
+    return f"<{type(value).__name__}>"
+
+
 # With these, orjson refuses dataclasses, datetimes and subclasses of built-in types (which then
 # go through `convert`); beyond plain JSON data it takes only UUIDs and enums.
 _JSON_ONLY = (
@@ -123,4 +129,4 @@ def _last_resort(value: Any, text: Callable[[Any], Any]) -> Any:
     try:
         return text(value)
     except Exception:
-        return f"<{type(value).__name__}>"
+        return type_name(value)

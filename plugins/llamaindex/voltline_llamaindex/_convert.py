@@ -47,11 +47,7 @@ def get(obj: Any, *path: str | int) -> Any:
 def jsonable(value: Any) -> Any:
     """A JSON-friendly copy (`voltline.capture.jsonable`): unknown objects (a workflow Context
     passed to a tool, say) as their type name rather than a repr that may be huge."""
-    return capture.jsonable(value, fallback=_type_name)
-
-
-def _type_name(value: Any) -> str:
-    return f"<{type(value).__name__}>"
+    return capture.jsonable(value, fallback=capture.type_name)
 
 
 def _role(message: Any) -> str | None:
