@@ -91,17 +91,16 @@ def judge(rows: list[dict[str, Any]], agent: str, limit: float) -> Judgement:
     for r in rows:
         walls.setdefault(r["agent"], []).append(r["voltline_wall"])
     walls.setdefault(agent, [])
+    means = {name: statistics.mean(w) if w else None for name, w in walls.items()}
     freedom = sum(max(len(w) - 1, 0) for w in walls.values())
     spread = None
     if freedom:
-        squares = sum((x - statistics.mean(w)) ** 2 for w in walls.values() for x in w)
+        squares = sum((x - means[name]) ** 2 for name, w in walls.items() for x in w)
         spread = (squares / freedom) ** 0.5
     summaries, outcome = [], "UNSETTLED"
     for name, ours in walls.items():
-        mean = low = high = None
-        if ours:
-            mean = statistics.mean(ours)
-        if ours and spread is not None:
+        mean, low, high = means[name], None, None
+        if mean is not None and spread is not None:
             half = T975[min(freedom, len(T975)) - 1] * spread / len(ours) ** 0.5
             low, high = mean - half, mean + half
             if name == agent:
