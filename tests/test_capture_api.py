@@ -115,6 +115,19 @@ def test_use_span_brings_its_rollout_to_a_thread_without_one(tmp_path):
 # -- voltline.capture: the one copying rule for values a framework hands over ----------------
 
 
+class Hostile:
+    """An object that cannot be read at all: every attribute, its repr and its str raise."""
+
+    def __getattr__(self, name: str) -> object:
+        raise RuntimeError("no attributes here")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr either")
+
+    def __str__(self) -> str:
+        raise RuntimeError("nor str")
+
+
 def test_jsonable_copies_framework_values_into_json() -> None:
     import dataclasses
     import math
@@ -194,16 +207,6 @@ def test_jsonable_survives_objects_that_misbehave() -> None:
 
     from voltline.capture import jsonable
 
-    class Hostile:
-        def __getattr__(self, name: str) -> object:
-            raise RuntimeError("no attributes here")
-
-        def __repr__(self) -> str:
-            raise RuntimeError("no repr either")
-
-        def __str__(self) -> str:
-            raise RuntimeError("nor str")
-
     @dataclasses.dataclass
     class Job:
         name: str
@@ -218,13 +221,6 @@ def test_jsonable_survives_objects_that_misbehave() -> None:
 
 
 def test_a_span_keeps_its_other_attributes_when_one_value_cannot_be_read(tmp_path) -> None:
-    class Hostile:
-        def __getattr__(self, name: str) -> object:
-            raise RuntimeError("no attributes here")
-
-        def __repr__(self) -> str:
-            raise RuntimeError("no repr either")
-
     store = voltline.connect(f"sqlite:///{tmp_path}/h.db")
     with voltline.rollout({"t": 1}, store=store) as r:
         with voltline.span("step", "tool", odd=Hostile(), count=3):
