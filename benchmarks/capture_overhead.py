@@ -40,8 +40,10 @@ One run judges one day. The reading moves from day to day (a fresh VM each sessi
 than a run's own interval, so `--record` appends a full run's result (1600 rounds over 40
 processes or more) to `capture_overhead_history.csv` beside this script, and `--history` judges
 the recorded readings of the agent measured now (`AGENT`) together (`_readings.py` says how).
-Readings are pooled as one code: when the capture path changes, the old rows no longer describe
-it and belong out of the file.
+An agent's readings are judged as one code: when the capture path changes by more than the
+noise of `capture_instructions.py`, the agent's old rows no longer describe it. Relabel their
+`agent` (say, "tools-bound before <commit>") rather than deleting them: they still count towards
+the spread between readings, but are no longer judged; then record the new code afresh.
 """
 
 from __future__ import annotations
